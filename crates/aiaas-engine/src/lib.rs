@@ -1,0 +1,74 @@
+//! The engine: the model repository, fetching known models, and running them.
+//!
+//! It knows tensors and sequences, not HTTP or keys. Each loaded generator has a worker thread
+//! that owns the sequences in flight and advances them step by step; callers talk to it through a
+//! bounded channel and receive events back.
+
+pub mod catalog;
+pub mod chat_template;
+pub mod fetch;
+pub mod generate;
+pub mod manifest;
+pub mod metrics;
+pub mod registry;
+pub mod repository;
+
+pub use manifest::{ModelManifest, Task};
+pub use metrics::EngineMetrics;
+pub use registry::{Engine, LoadedGenerator};
+pub use repository::ModelRepository;
+
+/// Errors the engine reports; the API layer maps each to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error(
+        "This model's maximum context length is {limit} tokens. However, your request has \
+         {requested} tokens ({prompt} in the prompt, {completion} for the completion). Please \
+         reduce the length of the prompt or the completion."
+    )]
+    ContextLengthExceeded {
+        limit: usize,
+        requested: usize,
+        prompt: usize,
+        completion: usize,
+    },
+    #[error("The model `{0}` is busy: its request queue is full. Retry shortly.")]
+    Overloaded(String),
+    #[error("model error: {0}")]
+    Model(#[from] aiaas_models::ModelError),
+    #[error("{0}")]
+    Template(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fetch failed: {0}")]
+    Fetch(String),
+    #[error("invalid manifest {path}: {message}")]
+    Manifest { path: String, message: String },
+}
+
+impl EngineError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

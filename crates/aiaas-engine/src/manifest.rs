@@ -1,0 +1,56 @@
+//! The manifest (`model.toml`) each model folder in the repository carries.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EngineError, Result};
+
+pub const MANIFEST_FILE: &str = "model.toml";
+
+/// What a model does, which decides the routes that serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// A generator with a chat template: `/v1/chat/completions` and `/v1/completions`.
+    Chat,
+    /// A generator without a chat template (a base model): `/v1/completions` only.
+    Completion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub id: String,
+    pub task: Task,
+    pub format: String,
+    pub architecture: String,
+    /// The weights file, relative to the model's folder.
+    pub file: String,
+    pub context_length: usize,
+    pub parameters: u64,
+    pub quantization: String,
+    /// Unix seconds when the model was imported.
+    pub created: u64,
+    /// The catalog entry it was fetched from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl ModelManifest {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(EngineError::io(format!("reading {}", path.display())))?;
+        toml::from_str(&text).map_err(|e| EngineError::Manifest {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).map_err(|e| EngineError::Manifest {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(path, text).map_err(EngineError::io(format!("writing {}", path.display())))
+    }
+}

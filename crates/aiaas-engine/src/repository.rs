@@ -1,0 +1,177 @@
+//! The model repository: a folder with one sub-folder per model, each holding its weights and a
+//! `model.toml` manifest. The server reads the manifests at start; the CLI writes them.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aiaas_models::GgufFile;
+
+use crate::manifest::{ModelManifest, Task, MANIFEST_FILE};
+use crate::{EngineError, Result};
+
+#[derive(Debug, Clone)]
+pub struct ModelRepository {
+    root: PathBuf,
+}
+
+impl ModelRepository {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(EngineError::io(format!("creating {}", root.display())))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every model with a readable manifest, sorted by id. A folder with a broken manifest is
+    /// reported on stderr and skipped, so one bad import cannot keep the server from starting.
+    pub fn list(&self) -> Result<Vec<ModelManifest>> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(EngineError::io(format!("listing {}", self.root.display())))?;
+        let mut manifests = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path().join(MANIFEST_FILE);
+            if !path.is_file() {
+                continue;
+            }
+            match ModelManifest::read(&path) {
+                Ok(manifest) => manifests.push(manifest),
+                Err(e) => tracing::warn!("skipping model folder: {e}"),
+            }
+        }
+        manifests.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(manifests)
+    }
+
+    pub fn get(&self, id: &str) -> Result<ModelManifest> {
+        validate_id(id)?;
+        let path = self.root.join(id).join(MANIFEST_FILE);
+        if !path.is_file() {
+            return Err(EngineError::ModelNotFound(id.to_string()));
+        }
+        ModelManifest::read(&path)
+    }
+
+    /// The weights file of a model.
+    pub fn weights_path(&self, manifest: &ModelManifest) -> PathBuf {
+        self.root.join(&manifest.id).join(&manifest.file)
+    }
+
+    /// Imports a GGUF file under `id` (default: the file name without extension, lower-cased).
+    /// The file is hard-linked when it is on the same file system, copied otherwise.
+    pub fn import_gguf(
+        &self,
+        source: &Path,
+        id: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<ModelManifest> {
+        let gguf = GgufFile::open(source)?;
+        let summary = gguf.summary()?;
+        aiaas_models::transformer::Architecture::parse(&summary.architecture)?;
+        let id = match id {
+            Some(id) => id.to_string(),
+            None => default_id(source),
+        };
+        validate_id(&id)?;
+        let dir = self.root.join(&id);
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(EngineError::invalid(
+                "id",
+                format!("a model with id `{id}` already exists; remove it first or pick --id"),
+            ));
+        }
+        // Build the folder under a temporary name so a failed import leaves nothing half-made.
+        let staging = self.root.join(format!(".{id}.importing"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .map_err(EngineError::io(format!("creating {}", staging.display())))?;
+        let file = "model.gguf".to_string();
+        let target = staging.join(&file);
+        if std::fs::hard_link(source, &target).is_err() {
+            std::fs::copy(source, &target)
+                .map_err(EngineError::io(format!("copying {}", source.display())))?;
+        }
+        let manifest = ModelManifest {
+            id: id.clone(),
+            task: if summary.chat_template.is_some() {
+                Task::Chat
+            } else {
+                Task::Completion
+            },
+            format: "gguf".into(),
+            architecture: summary.architecture,
+            file,
+            context_length: summary.context_length,
+            parameters: summary.parameters,
+            quantization: summary.quantization,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            source: origin.map(str::to_owned),
+        };
+        manifest.write(&staging.join(MANIFEST_FILE))?;
+        std::fs::rename(&staging, &dir).map_err(EngineError::io(format!(
+            "moving the import into {}",
+            dir.display()
+        )))?;
+        Ok(manifest)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<()> {
+        self.get(id)?;
+        let dir = self.root.join(id);
+        std::fs::remove_dir_all(&dir)
+            .map_err(EngineError::io(format!("removing {}", dir.display())))
+    }
+}
+
+fn default_id(source: &Path) -> String {
+    let stem = source
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "model".into());
+    stem.chars()
+        .map(|c| if is_id_char(c) { c } else { '-' })
+        .collect()
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
+/// Model ids name folders, so they are restricted to a safe alphabet (no separators, no `..`).
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok =
+        !id.is_empty() && id.len() <= 128 && !id.starts_with('.') && id.chars().all(is_id_char);
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(
+            "id",
+            format!(
+                "invalid model id `{id}`: use 1-128 letters, digits, `-`, `_`, `.` or `:`, \
+                 not starting with `.`"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_cannot_escape_the_repository() {
+        for bad in ["", "../x", "a/b", ".hidden", "a b"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+        validate_id("smollm2-135m-instruct").unwrap();
+        assert_eq!(
+            default_id(Path::new("/x/My Model.Q4_1.gguf")),
+            "my-model.q4_1"
+        );
+    }
+}

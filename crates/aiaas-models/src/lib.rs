@@ -1,0 +1,31 @@
+//! Model architectures and weight formats.
+//!
+//! This crate turns weight files into something that maps inputs to outputs. It knows nothing
+//! of queues, HTTP or keys: the engine drives it one forward pass at a time.
+
+pub mod gguf;
+pub mod tokenizer;
+pub mod transformer;
+
+pub use gguf::{GgufFile, GgufSummary};
+pub use tokenizer::{TokenDecoder, Tokenizer};
+pub use transformer::{Decoder, DecoderConfig, KvCache};
+
+/// Errors raised while reading weights or running a forward pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a usable GGUF file: {0}")]
+    Format(String),
+    #[error("unsupported architecture `{0}` (supported: llama, qwen2, gemma3)")]
+    UnsupportedArchitecture(String),
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

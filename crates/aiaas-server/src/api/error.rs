@@ -1,0 +1,110 @@
+//! The one place where errors become HTTP responses, in OpenAI's error shape:
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use aiaas_engine::EngineError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("You didn't provide an API key. Provide it in the Authorization header as `Bearer YOUR_KEY`.")]
+    MissingKey,
+    #[error("Incorrect API key provided.")]
+    InvalidKey,
+    #[error("Unknown route {0}.")]
+    UnknownRoute(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ApiError {
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    /// Status, OpenAI error type, param and code for this error.
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    ) {
+        const INVALID: &str = "invalid_request_error";
+        match self {
+            Self::InvalidRequest { param, .. } => (StatusCode::BAD_REQUEST, INVALID, *param, None),
+            Self::MissingKey | Self::InvalidKey => (
+                StatusCode::UNAUTHORIZED,
+                INVALID,
+                None,
+                Some("invalid_api_key"),
+            ),
+            Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, INVALID, None, Some("unknown_url")),
+            Self::Engine(e) => match e {
+                EngineError::ModelNotFound(_) => (
+                    StatusCode::NOT_FOUND,
+                    INVALID,
+                    Some("model"),
+                    Some("model_not_found"),
+                ),
+                EngineError::InvalidRequest { param, .. } => {
+                    (StatusCode::BAD_REQUEST, INVALID, *param, None)
+                }
+                EngineError::ContextLengthExceeded { .. } => (
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("messages"),
+                    Some("context_length_exceeded"),
+                ),
+                EngineError::Overloaded(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    Some("overloaded"),
+                ),
+                EngineError::Model(_)
+                | EngineError::Template(_)
+                | EngineError::Io { .. }
+                | EngineError::Fetch(_)
+                | EngineError::Manifest { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    None,
+                    None,
+                ),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, param, code) = self.parts();
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // Internal details go to the log, not to the client.
+            tracing::error!("request failed: {self}");
+            "The server had an error while processing your request.".to_string()
+        } else {
+            self.to_string()
+        };
+        let body =
+            json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

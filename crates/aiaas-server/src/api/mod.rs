@@ -1,0 +1,44 @@
+//! HTTP surfaces. `/v1` is OpenAI-compatible and keyed; `/healthz` and `/metrics` are open.
+
+mod chat;
+mod completions;
+mod error;
+mod generation;
+mod health;
+mod json;
+mod models;
+mod types;
+mod validate;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+
+pub use error::ApiError;
+pub use json::AppJson;
+
+use crate::{gate, AppState};
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/models", get(models::list))
+        .route("/models/{id}", get(models::retrieve))
+        .route("/chat/completions", post(chat::create))
+        .route("/completions", post(completions::create))
+        // Every /v1 route, present and future, is keyed: the layer wraps them all.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gate::require_key,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::UnknownRoute(format!("{} {}", request.method(), request.uri().path()))
+}

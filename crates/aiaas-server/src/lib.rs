@@ -1,0 +1,64 @@
+//! The server: HTTP surfaces (`api`), the gate every keyed request passes (`gate`), and the
+//! wiring that binds them to an engine.
+
+pub mod api;
+pub mod gate;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aiaas_engine::Engine;
+
+pub use state::AppState;
+
+/// What the server needs to start; resolved by the CLI from flags, environment and file.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub home: PathBuf,
+    pub listen: SocketAddr,
+    /// A key given by the operator (`AIAAS_API_KEY`) instead of a generated one.
+    pub api_key: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Binds the listener and serves until SIGINT or SIGTERM. Prints the bound address on stdout
+/// first (`listening on http://ADDR`), which is how tests find an ephemeral port.
+pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Result<()> {
+    let keys = gate::KeyStore::open(&settings.home)?;
+    if let Some(created) = keys.ensure_admin_key(settings.api_key.as_deref())? {
+        println!(
+            "created the admin API key (shown once; also saved with mode 0600 to {}):\n  {}",
+            created.file.display(),
+            created.key
+        );
+    }
+    let state = AppState::new(engine, Arc::new(keys));
+    let app = api::router(state, settings.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,93 @@
+//! Command-line flags. Every flag also reads an `AIAAS_*` environment variable; values left
+//! unset fall back to `aiaas.toml` in the home folder, then to built-in defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aiaas",
+    version,
+    about = "AI models as a service: OpenAI-compatible serving with keys"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Home folder: configuration, keys and the model repository (`models/`).
+    #[arg(long, env = "AIAAS_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "AIAAS_LOG_JSON", global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (fetches the default chat model first if the repository has none).
+    Serve(ServeArgs),
+    /// Manage the model repository.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Measure prompt processing and decode speed of a model (tokens per second).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AIAAS_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "AIAAS_PORT")]
+    pub port: Option<u16>,
+    /// Do not fetch the default chat model when the repository has no chat model.
+    #[arg(long, env = "AIAAS_NO_DEFAULT_MODEL")]
+    pub no_default_model: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch a model from the built-in catalog (pinned and checksummed) and import it.
+    Fetch {
+        /// Catalog name; `aiaas models catalog` lists them. `all` fetches every one.
+        name: String,
+        /// Only fill the download cache; do not import into the repository.
+        #[arg(long)]
+        cache_only: bool,
+    },
+    /// Import a GGUF file you already have.
+    Import {
+        path: PathBuf,
+        /// Model id (default: derived from the file name).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the models in the repository.
+    List,
+    /// Remove a model from the repository.
+    Rm { id: String },
+    /// List the models `fetch` knows.
+    Catalog,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model id in the repository, or a path to a GGUF file.
+    pub model: String,
+    /// Prompt tokens processed in one pass (like llama-bench's pp).
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens decoded one at a time (like llama-bench's tg).
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; the report gives the mean and spread.
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+}

@@ -1,0 +1,18 @@
+//! One module per command.
+
+mod bench;
+mod models;
+mod serve;
+
+use crate::cli::Command;
+use crate::config::Settings;
+
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve::run(args, settings).await,
+        Command::Models(command) => models::run(command, &settings).await,
+        Command::Bench(args) => {
+            tokio::task::spawn_blocking(move || bench::run(&args, &settings)).await?
+        }
+    }
+}

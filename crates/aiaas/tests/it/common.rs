@@ -1,0 +1,179 @@
+//! A running server for a test: a temporary home with the requested catalog models imported,
+//! `aiaas serve --port 0` started as a child process, its address read from stdout.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use aiaas_engine::{catalog, fetch, ModelRepository};
+use serde_json::Value;
+
+pub const KEY: &str = "aiaas-test-key-for-integration";
+pub const SMOLLM: &str = "smollm2-135m-instruct";
+pub const GEMMA: &str = "gemma-3-270m";
+
+pub struct TestServer {
+    pub base: String,
+    pub home: PathBuf,
+    child: Child,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(models: &[&str]) -> Self {
+        let home =
+            std::env::temp_dir().join(format!("aiaas-it-{}-{}", std::process::id(), rand_suffix()));
+        let repository = ModelRepository::open(home.join("models")).unwrap();
+        for name in models {
+            let entry = catalog::find(name).unwrap();
+            let path = fetch::fetch(entry)
+                .await
+                .unwrap_or_else(|e| panic!("the model {name} could not be fetched: {e}"));
+            repository
+                .import_gguf(&path, Some(name), Some(name))
+                .unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aiaas"))
+            .args(["serve", "--port", "0", "--no-default-model"])
+            .env("AIAAS_HOME", &home)
+            .env("AIAAS_API_KEY", KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.to_string();
+            }
+        };
+        Self {
+            base,
+            home,
+            child,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Posts a streaming request and returns the parsed `data:` payloads up to `[DONE]`.
+    pub async fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let text = response.text().await.unwrap();
+        let payloads: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(
+            payloads.last(),
+            Some(&"[DONE]"),
+            "stream must end with [DONE]"
+        );
+        payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str(p).unwrap())
+            .collect()
+    }
+
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+/// The error object of an OpenAI-shaped error body.
+pub fn error(body: &Value) -> &Value {
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    error
+}
+
+pub fn chat(content: &str, extra: Value) -> Value {
+    let mut body = serde_json::json!({
+        "model": SMOLLM,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 12,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}

@@ -1,0 +1,78 @@
+//! Keys, open routes and the model list.
+
+use serde_json::json;
+
+use crate::common::{error, TestServer, GEMMA, KEY, SMOLLM};
+
+#[tokio::test]
+async fn keys_models_and_open_routes() {
+    let server = TestServer::start(&[SMOLLM, GEMMA]).await;
+    let client = &server.client;
+
+    let health = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    // No key, a wrong key: 401 invalid_api_key, in OpenAI's shape.
+    for auth in [None, Some("aiaas-not-a-real-key")] {
+        let mut request = client.get(server.url("/v1/models"));
+        if let Some(key) = auth {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error(&body)["code"], "invalid_api_key");
+    }
+    let (status, body) = server.post("/v1/chat/completions", &json!({})).await;
+    assert_eq!(status, 400, "{body}");
+
+    let list: serde_json::Value = client
+        .get(server.url("/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [GEMMA, SMOLLM]);
+
+    let smollm: serde_json::Value = client
+        .get(server.url(&format!("/v1/models/{SMOLLM}")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(smollm["object"], "model");
+    assert_eq!(smollm["task"], "chat");
+    assert_eq!(smollm["context_length"], 8192);
+    assert_eq!(smollm["quantization"], "Q4_1");
+
+    let missing = client
+        .get(server.url("/v1/models/no-such-model"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(error(&body)["code"], "model_not_found");
+
+    let unknown = client
+        .get(server.url("/v1/nothing-here"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}

@@ -1,0 +1,50 @@
+"""Drives the server with the official `openai` package, exactly as an application would."""
+import os
+
+import openai
+from openai import OpenAI
+
+client = OpenAI()  # OPENAI_BASE_URL and OPENAI_API_KEY come from the environment
+chat_model, base_model = os.environ["CHAT_MODEL"], os.environ["BASE_MODEL"]
+
+models = [m.id for m in client.models.list()]
+assert chat_model in models and base_model in models, models
+assert client.models.retrieve(chat_model).id == chat_model
+
+messages = [{"role": "system", "content": "You are brief."},
+            {"role": "user", "content": "Write a Python function that returns the square of a number."}]
+reply = client.chat.completions.create(model=chat_model, messages=messages, max_tokens=10, temperature=0)
+assert reply.choices[0].finish_reason == "length", reply
+assert reply.usage.completion_tokens == 10, reply.usage
+text = reply.choices[0].message.content
+assert text, reply
+
+stream = client.chat.completions.create(model=chat_model, messages=messages, max_tokens=10, temperature=0,
+                                        stream=True, stream_options={"include_usage": True})
+pieces, usage, finish = [], None, None
+for chunk in stream:
+    if chunk.usage:
+        usage = chunk.usage
+    for choice in chunk.choices:
+        pieces.append(choice.delta.content or "")
+        finish = choice.finish_reason or finish
+assert "".join(pieces) == text, (pieces, text)
+assert finish == "length" and usage.completion_tokens == 10, (finish, usage)
+
+completion = client.completions.create(model=base_model, prompt="The quick brown fox", max_tokens=8,
+                                       temperature=0)
+assert completion.choices[0].text.startswith(" jumps over the lazy dog."), completion
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=messages)
+    raise AssertionError("expected a 404")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found", e
+
+try:
+    OpenAI(api_key="wrong").models.list()
+    raise AssertionError("expected a 401")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401
+
+print("all openai SDK checks passed")
