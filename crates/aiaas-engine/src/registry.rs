@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use aiaas_models::{Decoder, GgufFile, Tokenizer};
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
-use crate::generate::{Event, GenerationJob, GenerationWorker, SamplingParams, WorkerLimits};
+use crate::generate::{Generation, GenerationJob, GenerationWorker, SamplingParams, WorkerLimits};
 use crate::{EngineError, EngineMetrics, ModelManifest, ModelRepository, Result, Task};
 
 pub struct Engine {
@@ -187,13 +187,18 @@ impl LoadedGenerator {
         self.tokenizer.encode(text, true, true)
     }
 
+    /// The most tokens a request may generate: `max_tokens`, or up to the end of the context.
+    pub fn completion_budget(&self, prompt_tokens: usize, max_tokens: Option<usize>) -> usize {
+        max_tokens.unwrap_or(self.context_length.saturating_sub(prompt_tokens))
+    }
+
     /// Starts a generation. `max_tokens: None` means "up to the end of the context window".
     pub fn start(
         &self,
         prompt: Vec<u32>,
         max_tokens: Option<usize>,
         mut params: SamplingParams,
-    ) -> Result<mpsc::UnboundedReceiver<Event>> {
+    ) -> Result<Generation> {
         let limit = self.context_length;
         let completion = max_tokens.unwrap_or(0);
         if prompt.is_empty() {
@@ -207,13 +212,18 @@ impl LoadedGenerator {
                 completion,
             });
         }
-        params.max_tokens = max_tokens.unwrap_or(limit - prompt.len());
+        params.max_tokens = self.completion_budget(prompt.len(), max_tokens);
         let (events, receiver) = mpsc::unbounded_channel();
+        let (usage, usage_receiver) = oneshot::channel();
         self.worker.submit(GenerationJob {
             prompt,
             params,
             events,
+            usage: Some(usage),
         })?;
-        Ok(receiver)
+        Ok(Generation {
+            events: receiver,
+            usage: usage_receiver,
+        })
     }
 }

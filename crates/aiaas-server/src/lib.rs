@@ -2,8 +2,10 @@
 //! wiring that binds them to an engine.
 
 pub mod api;
+pub mod clock;
 pub mod gate;
 mod state;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,21 +29,33 @@ pub struct ServerSettings {
 /// Binds the listener and serves until SIGINT or SIGTERM. Prints the bound address on stdout
 /// first (`listening on http://ADDR`), which is how tests find an ephemeral port.
 pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Result<()> {
-    let keys = gate::KeyStore::open(&settings.home)?;
-    if let Some(created) = keys.ensure_admin_key(settings.api_key.as_deref())? {
+    std::fs::create_dir_all(&settings.home)?;
+    let store = store::Store::open(&database_path(&settings.home))
+        .await
+        .map_err(std::io::Error::other)?;
+    let keys = gate::Keys::new(store);
+    if let Some(created) = keys
+        .ensure_admin_key(&settings.home, settings.api_key.as_deref())
+        .await?
+    {
         println!(
             "created the admin API key (shown once; also saved with mode 0600 to {}):\n  {}",
             created.file.display(),
             created.key
         );
     }
-    let state = AppState::new(engine, Arc::new(keys));
+    let state = AppState::new(engine, keys);
     let app = api::router(state, settings.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
+}
+
+/// The embedded database in the home folder.
+pub fn database_path(home: &std::path::Path) -> PathBuf {
+    home.join("aiaas.db")
 }
 
 async fn shutdown_signal() {

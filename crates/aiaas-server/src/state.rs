@@ -2,18 +2,42 @@
 
 use std::sync::Arc;
 
-use aiaas_engine::Engine;
+use aiaas_engine::{Engine, LoadedGenerator};
 
-use crate::gate::KeyStore;
+use crate::api::ApiError;
+use crate::gate::{Keys, Limiter};
+use crate::store::{KeyRecord, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub keys: Arc<KeyStore>,
+    pub keys: Keys,
+    pub limiter: Arc<Limiter>,
 }
 
 impl AppState {
-    pub fn new(engine: Arc<Engine>, keys: Arc<KeyStore>) -> Self {
-        Self { engine, keys }
+    pub fn new(engine: Arc<Engine>, keys: Keys) -> Self {
+        Self {
+            engine,
+            keys,
+            limiter: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.keys.store()
+    }
+
+    /// The generator for `model` if the key may use it. A model outside the key's scope is
+    /// reported exactly like a missing one, so keys cannot probe what exists.
+    pub async fn generator_for(
+        &self,
+        key: &KeyRecord,
+        model: &str,
+    ) -> Result<Arc<LoadedGenerator>, ApiError> {
+        if !key.allows_model(model) {
+            return Err(aiaas_engine::EngineError::ModelNotFound(model.to_string()).into());
+        }
+        Ok(self.engine.generator(model).await?)
     }
 }

@@ -37,6 +37,71 @@ pub enum Command {
     Models(ModelsCommand),
     /// Measure prompt processing and decode speed of a model (tokens per second).
     Bench(BenchArgs),
+    /// Manage API keys (in the home folder's database; takes effect at once on a running server).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Report usage: requests, tokens, errors and latency, optionally filtered and grouped.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (once: only its hash is kept).
+    Create(KeyCreateArgs),
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key: it stops working at once.
+    Revoke { id: String },
+    /// Give a key a new secret; the old one stops working at once.
+    Rotate { id: String },
+    /// Show the audit log of key changes.
+    Audit,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyCreateArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Models the key may use: comma-separated ids, or `*` for all.
+    #[arg(long, default_value = "*")]
+    pub models: String,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<i64>,
+    /// Tokens (prompt + completion) per minute; a request reserves its maximum up front.
+    #[arg(long)]
+    pub tpm: Option<i64>,
+    /// Tokens per UTC day.
+    #[arg(long)]
+    pub daily_tokens: Option<i64>,
+    /// Tokens per UTC calendar month.
+    #[arg(long)]
+    pub monthly_tokens: Option<i64>,
+    /// Expiry: `YYYY-MM-DD` (midnight UTC) or unix seconds.
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// May use the admin API.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this key id.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only this model id.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// From this day (`YYYY-MM-DD`, UTC) or unix time on.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Group by day, key or model.
+    #[arg(long, value_parser = ["day", "key", "model"])]
+    pub by: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

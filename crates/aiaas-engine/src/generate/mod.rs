@@ -9,7 +9,7 @@ pub use sampler::{Sampler, SamplingParams, TokenLogprob, TopLogprob};
 pub use stop::{StopMatcher, StopScan};
 pub use worker::{GenerationWorker, WorkerLimits};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A generation the worker can run as is: the prompt is tokenized and fits the context.
 #[derive(Debug)]
@@ -17,6 +17,21 @@ pub struct GenerationJob {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Receives the tokens really processed when the generation ends in any way: finished,
+    /// failed, or cancelled because the caller left (metering counts what was generated).
+    pub usage: Option<oneshot::Sender<GenerationUsage>>,
+}
+
+/// A started generation: its events and, at the end, its token counts.
+pub struct Generation {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub usage: oneshot::Receiver<GenerationUsage>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenerationUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
 }
 
 /// What a generation reports, in order: any number of `Token`s, then one `Finished` or `Failed`.

@@ -13,7 +13,8 @@ use aiaas_models::{Decoder, KvCache, TokenDecoder, Tokenizer};
 use tokio::sync::mpsc;
 
 use super::{
-    Event, FinishReason, Finished, GenerationJob, Sampler, StopMatcher, StopScan, TokenEvent,
+    Event, FinishReason, Finished, GenerationJob, GenerationUsage, Sampler, StopMatcher, StopScan,
+    TokenEvent,
 };
 use crate::{EngineError, EngineMetrics, Result};
 
@@ -87,6 +88,16 @@ impl Drop for GenerationWorker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Tells the job's owner how many tokens were processed; prompt tokens count once prefilled.
+fn report(job: &mut GenerationJob, prompt_tokens: usize, completion_tokens: usize) {
+    if let Some(usage) = job.usage.take() {
+        let _ = usage.send(GenerationUsage {
+            prompt_tokens,
+            completion_tokens,
+        });
     }
 }
 
@@ -166,18 +177,20 @@ impl Runner {
     }
 
     fn step(&self, seq: &mut Sequence) -> Step {
-        if seq.job.events.is_closed() {
+        let step = if seq.job.events.is_closed() {
             self.cancelled(seq.generated);
-            return Step::Done;
-        }
-        match self.advance(seq) {
-            Ok(step) => step,
-            Err(e) => {
+            Step::Done
+        } else {
+            self.advance(seq).unwrap_or_else(|e| {
                 tracing::error!(model = %self.model_id, "generation failed: {e}");
                 let _ = seq.job.events.send(Event::Failed(e.to_string()));
                 Step::Done
-            }
+            })
+        };
+        if matches!(step, Step::Done) {
+            report(&mut seq.job, seq.prefilled, seq.generated);
         }
+        step
     }
 
     fn advance(&self, seq: &mut Sequence) -> Result<Step> {

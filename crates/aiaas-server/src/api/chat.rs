@@ -5,17 +5,20 @@ use std::sync::Arc;
 use aiaas_engine::generate::{FinishReason, TokenEvent, TokenLogprob};
 use aiaas_models::Tokenizer;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use axum::Extension;
 use serde_json::{json, Value};
 
 use super::generation::{self, ChunkFormat};
 use super::types::ChatCompletionRequest;
 use super::validate::{self, MAX_TOP_LOGPROBS};
 use super::{ApiError, AppJson};
+use crate::store::KeyRecord;
 use crate::AppState;
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(key): Extension<KeyRecord>,
     AppJson(request): AppJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let top_logprobs = match (request.logprobs, request.top_logprobs) {
@@ -39,9 +42,17 @@ pub async fn create(
         .or(request.sampling.max_tokens);
     let sampling = validate::sampling(&request.sampling, max_tokens, top_logprobs)?;
     let messages = validate::messages(&request.messages)?;
-    let generator = state.engine.generator(&request.model).await?;
+    let generator = state.generator_for(&key, &request.model).await?;
     let prompt = generator.chat_prompt(&messages)?;
-    let events = generator.start(prompt, sampling.max_tokens, sampling.params)?;
+    let started = generation::start_metered(
+        &state,
+        &key,
+        "/v1/chat/completions",
+        &generator,
+        prompt,
+        &sampling,
+    )
+    .await?;
 
     let format = ChatChunks {
         id: generation::response_id("chatcmpl"),
@@ -50,28 +61,33 @@ pub async fn create(
         tokenizer: generator.tokenizer.clone(),
         logprobs: top_logprobs.is_some(),
     };
-    if sampling.stream {
-        return Ok(generation::stream(format, events, sampling.include_usage).into_response());
-    }
-    let done = generation::collect(events).await?;
-    let logprobs = format.logprobs.then(|| {
-        json!({"content": done.tokens.iter().filter_map(|t| format.token_logprob(t)).collect::<Vec<_>>()})
-    });
-    Ok(axum::Json(json!({
-        "id": format.id,
-        "object": "chat.completion",
-        "created": format.created,
-        "model": format.model,
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": done.text, "refusal": null},
-            "logprobs": logprobs,
-            "finish_reason": done.finished.reason.as_str(),
-        }],
-        "usage": generation::usage_json(&done.finished),
-    }))
-    .into_response())
+    Ok(
+        generation::respond(format, started, &sampling, |format, done| {
+            let logprobs = format.logprobs.then(|| {
+                let content: Vec<Value> = done
+                    .tokens
+                    .iter()
+                    .filter_map(|t| format.token_logprob(t))
+                    .collect();
+                json!({ "content": content })
+            });
+            json!({
+                "id": format.id,
+                "object": "chat.completion",
+                "created": format.created,
+                "model": format.model,
+                "system_fingerprint": null,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": done.text, "refusal": null},
+                    "logprobs": logprobs,
+                    "finish_reason": done.finished.reason.as_str(),
+                }],
+                "usage": generation::usage_json(&done.finished),
+            })
+        })
+        .await,
+    )
 }
 
 struct ChatChunks {
@@ -83,15 +99,20 @@ struct ChatChunks {
 }
 
 impl ChatChunks {
-    fn chunk(&self, delta: Value, logprobs: Value, finish_reason: Value) -> Value {
+    /// A `chat.completion.chunk` with the given choices.
+    fn envelope(&self, choices: Value) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "choices": choices,
         })
+    }
+
+    fn chunk(&self, delta: Value, logprobs: Value, finish_reason: Value) -> Value {
+        self.envelope(json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]))
     }
 
     /// OpenAI's per-token entry: the token's text, its log-probability, its UTF-8 bytes and the
@@ -134,15 +155,9 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn usage(&self, usage: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [],
-            "usage": usage,
-        })
+        let mut chunk = self.envelope(json!([]));
+        chunk["usage"] = usage;
+        chunk
     }
 
     fn wants_every_token(&self) -> bool {

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use aiaas_engine::generate::{FinishReason, TokenEvent};
 use aiaas_models::Tokenizer;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use axum::Extension;
 use serde_json::{json, Map, Value};
 
 use super::generation::{self, ChunkFormat};
 use super::types::{CompletionRequest, PromptField};
 use super::validate;
 use super::{ApiError, AppJson};
+use crate::store::KeyRecord;
 use crate::AppState;
 
 /// OpenAI's limit on `logprobs` for completions.
@@ -21,6 +23,7 @@ const DEFAULT_MAX_TOKENS: i64 = 16;
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(key): Extension<KeyRecord>,
     AppJson(request): AppJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     if request.echo {
@@ -46,7 +49,7 @@ pub async fn create(
     };
     let max_tokens = request.sampling.max_tokens.or(Some(DEFAULT_MAX_TOKENS));
     let sampling = validate::sampling(&request.sampling, max_tokens, logprobs)?;
-    let generator = state.engine.generator(&request.model).await?;
+    let generator = state.generator_for(&key, &request.model).await?;
     let vocab = generator.tokenizer.vocab_size();
     let prompt = match request.prompt {
         PromptField::Text(text) => generator.text_prompt(&text),
@@ -66,7 +69,15 @@ pub async fn create(
             format!("token id {bad} is outside the model's vocabulary of {vocab}"),
         ));
     }
-    let events = generator.start(prompt, sampling.max_tokens, sampling.params)?;
+    let started = generation::start_metered(
+        &state,
+        &key,
+        "/v1/completions",
+        &generator,
+        prompt,
+        &sampling,
+    )
+    .await?;
     let format = CompletionChunks {
         id: generation::response_id("cmpl"),
         created: generation::unix_now(),
@@ -74,26 +85,26 @@ pub async fn create(
         tokenizer: generator.tokenizer.clone(),
         logprobs: logprobs.is_some(),
     };
-    if sampling.stream {
-        return Ok(generation::stream(format, events, sampling.include_usage).into_response());
-    }
-    let done = generation::collect(events).await?;
-    let logprobs = format.logprobs.then(|| format.logprobs_json(&done.tokens));
-    Ok(axum::Json(json!({
-        "id": format.id,
-        "object": "text_completion",
-        "created": format.created,
-        "model": format.model,
-        "system_fingerprint": null,
-        "choices": [{
-            "text": done.text,
-            "index": 0,
-            "logprobs": logprobs,
-            "finish_reason": done.finished.reason.as_str(),
-        }],
-        "usage": generation::usage_json(&done.finished),
-    }))
-    .into_response())
+    Ok(
+        generation::respond(format, started, &sampling, |format, done| {
+            let logprobs = format.logprobs.then(|| format.logprobs_json(&done.tokens));
+            json!({
+                "id": format.id,
+                "object": "text_completion",
+                "created": format.created,
+                "model": format.model,
+                "system_fingerprint": null,
+                "choices": [{
+                    "text": done.text,
+                    "index": 0,
+                    "logprobs": logprobs,
+                    "finish_reason": done.finished.reason.as_str(),
+                }],
+                "usage": generation::usage_json(&done.finished),
+            })
+        })
+        .await,
+    )
 }
 
 struct CompletionChunks {
@@ -105,15 +116,20 @@ struct CompletionChunks {
 }
 
 impl CompletionChunks {
-    fn chunk(&self, text: &str, logprobs: Value, finish_reason: Value) -> Value {
+    /// A streamed `text_completion` object with the given choices.
+    fn envelope(&self, choices: Value) -> Value {
         json!({
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
-            "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "choices": choices,
         })
+    }
+
+    fn chunk(&self, text: &str, logprobs: Value, finish_reason: Value) -> Value {
+        self.envelope(json!([{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]))
     }
 
     /// The legacy completions logprobs object: parallel lists per token.
@@ -164,14 +180,9 @@ impl ChunkFormat for CompletionChunks {
     }
 
     fn usage(&self, usage: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage,
-        })
+        let mut chunk = self.envelope(json!([]));
+        chunk["usage"] = usage;
+        chunk
     }
 
     fn wants_every_token(&self) -> bool {

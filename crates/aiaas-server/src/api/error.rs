@@ -2,6 +2,9 @@
 //! `{"error": {"message", "type", "param", "code"}}`.
 
 use aiaas_engine::EngineError;
+
+use crate::gate::LimitError;
+use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -17,8 +20,18 @@ pub enum ApiError {
     MissingKey,
     #[error("Incorrect API key provided.")]
     InvalidKey,
+    #[error("The request body is larger than the {0}-byte limit.")]
+    PayloadTooLarge(usize),
     #[error("Unknown route {0}.")]
     UnknownRoute(String),
+    #[error("This route needs an admin key.")]
+    AdminOnly,
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -49,7 +62,39 @@ impl ApiError {
                 None,
                 Some("invalid_api_key"),
             ),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, INVALID, None, None),
             Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, INVALID, None, Some("unknown_url")),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, INVALID, None, Some("not_found")),
+            Self::AdminOnly => (
+                StatusCode::FORBIDDEN,
+                INVALID,
+                None,
+                Some("permission_denied"),
+            ),
+            Self::Limit(LimitError::Requests { .. }) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
+            Self::Limit(LimitError::Tokens { .. }) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "tokens",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
+            Self::Limit(LimitError::Quota { .. }) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                None,
+                Some("insufficient_quota"),
+            ),
+            Self::Limit(LimitError::Store(_)) | Self::Store(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                None,
+            ),
             Self::Engine(e) => match e {
                 EngineError::ModelNotFound(_) => (
                     StatusCode::NOT_FOUND,
@@ -99,11 +144,21 @@ impl IntoResponse for ApiError {
         };
         let body =
             json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+        let retry_after = match &self {
+            Self::Limit(LimitError::Requests { retry_after, .. })
+            | Self::Limit(LimitError::Tokens { retry_after, .. }) => {
+                Some(retry_after.as_secs() + 1)
+            }
+            // A quota resets with the calendar; a minute is a polite interval to check back.
+            Self::Limit(LimitError::Quota { .. }) => Some(60),
+            Self::Engine(EngineError::Overloaded(_)) => Some(1),
+            _ => None,
+        };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

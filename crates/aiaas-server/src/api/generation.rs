@@ -2,17 +2,75 @@
 //! server-sent events. The route supplies the JSON shapes through `ChunkFormat`.
 
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aiaas_engine::generate::{Event, FinishReason, Finished, TokenEvent};
-use aiaas_engine::EngineError;
+use aiaas_engine::{EngineError, LoadedGenerator};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 use rand::RngCore;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
 
+use super::validate::ValidSampling;
 use super::ApiError;
+use crate::gate::{Meter, Metered};
+use crate::store::KeyRecord;
+use crate::AppState;
+
+/// A generation in flight and the task that will meter it.
+pub struct Started {
+    pub events: UnboundedReceiver<Event>,
+    pub metering: JoinHandle<()>,
+}
+
+/// Reserves the request's most tokens against the key's limits, starts the generation and
+/// meters it. Any failure before the start releases the reservation.
+pub async fn start_metered(
+    state: &AppState,
+    key: &KeyRecord,
+    route: &str,
+    generator: &LoadedGenerator,
+    prompt: Vec<u32>,
+    sampling: &ValidSampling,
+) -> Result<Started, ApiError> {
+    let started = Instant::now();
+    let budget = generator.completion_budget(prompt.len(), sampling.max_tokens);
+    let amount = i64::try_from(prompt.len() + budget).unwrap_or(i64::MAX);
+    let reservation = state.limiter.reserve(state.store(), key, amount).await?;
+    let generation = generator.start(prompt, sampling.max_tokens, sampling.params.clone())?;
+    let meter = Meter::new(state, key, &generator.manifest.id, route, started);
+    Ok(Started {
+        events: generation.events,
+        metering: meter.spawn(generation.usage, reservation),
+    })
+}
+
+/// Streams, or waits for the whole result and builds the body with `body`. Either way the
+/// usage row is durable before the response completes.
+pub async fn respond<F: ChunkFormat>(
+    format: F,
+    started: Started,
+    sampling: &ValidSampling,
+    body: impl FnOnce(&F, Collected) -> Value,
+) -> Response {
+    let mut response = if sampling.stream {
+        stream(format, started, sampling.include_usage).into_response()
+    } else {
+        let collected = collect(started.events).await;
+        if started.metering.await.is_err() {
+            tracing::error!("the metering task failed");
+        }
+        match collected {
+            Ok(done) => axum::Json(body(&format, done)).into_response(),
+            Err(e) => e.into_response(),
+        }
+    };
+    response.extensions_mut().insert(Metered);
+    response
+}
 
 /// `prefix-` and 24 random hex digits, as OpenAI ids look.
 pub fn response_id(prefix: &str) -> String {
@@ -79,9 +137,9 @@ pub trait ChunkFormat: Send + 'static {
 
 /// Streams a generation as SSE: chunks, then `data: [DONE]`. Dropping the stream (the client
 /// went away) drops the event receiver, which stops the generation at its next step.
-pub fn stream<F: ChunkFormat>(
+fn stream<F: ChunkFormat>(
     format: F,
-    events: UnboundedReceiver<Event>,
+    started: Started,
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let with_usage = move |mut chunk: Value| {
@@ -91,17 +149,21 @@ pub fn stream<F: ChunkFormat>(
         data(&chunk)
     };
     let opening: Vec<SseEvent> = format.opening().map(with_usage).into_iter().collect();
-    let body = stream::unfold(Some((format, events)), move |state| async move {
-        let (format, mut events) = state?;
+    let state = Some((format, started.events, Some(started.metering)));
+    let body = stream::unfold(state, move |state| async move {
+        let (format, mut events, mut metering) = state?;
         let out: Vec<SseEvent> = match events.recv().await {
-            Some(Event::Token(token)) => if token.text.is_empty() && !format.wants_every_token() {
+            Some(Event::Token(token)) if token.text.is_empty() && !format.wants_every_token() => {
                 Vec::new()
-            } else {
-                vec![with_usage(format.delta(&token.text, Some(&token)))]
             }
-            .into_iter()
-            .collect(),
+            Some(Event::Token(token)) => vec![with_usage(format.delta(&token.text, Some(&token)))],
             Some(Event::Finished(finished)) => {
+                // The usage row is written before the stream tells the client it is done.
+                if let Some(metering) = metering.take() {
+                    if metering.await.is_err() {
+                        tracing::error!("the metering task failed");
+                    }
+                }
                 let mut out = Vec::new();
                 if !finished.text.is_empty() {
                     out.push(with_usage(format.delta(&finished.text, None)));
@@ -122,7 +184,7 @@ pub fn stream<F: ChunkFormat>(
             }
             None => return None,
         };
-        Some((out, Some((format, events))))
+        Some((out, Some((format, events, metering))))
     });
     let chunks = stream::iter(opening)
         .chain(body.flat_map(stream::iter))

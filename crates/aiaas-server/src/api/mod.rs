@@ -1,5 +1,7 @@
-//! HTTP surfaces. `/v1` is OpenAI-compatible and keyed; `/healthz` and `/metrics` are open.
+//! HTTP surfaces. `/v1` is OpenAI-compatible and keyed; `/admin` needs an admin key;
+//! `/healthz` and `/metrics` are open.
 
+mod admin;
 mod chat;
 mod completions;
 mod error;
@@ -15,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 
 pub use error::ApiError;
-pub use json::AppJson;
+pub use json::{AppJson, BodyLimit};
 
 use crate::{gate, AppState};
 
@@ -30,12 +32,26 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             gate::require_key,
         ));
+    let admin = Router::new()
+        .route("/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/keys/{id}/rotate", post(admin::rotate_key))
+        .route("/usage", get(admin::usage))
+        .route("/audit", get(admin::audit))
+        // The last layer runs first: the key is checked, then that it is an admin's.
+        .route_layer(middleware::from_fn(gate::require_admin))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gate::require_key,
+        ));
     Router::new()
         .nest("/v1", v1)
+        .nest("/admin", admin)
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(BodyLimit(max_body_bytes)))
         .with_state(state)
 }
 

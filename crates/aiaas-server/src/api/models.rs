@@ -3,10 +3,11 @@
 
 use aiaas_engine::ModelManifest;
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::ApiError;
+use crate::store::KeyRecord;
 use crate::AppState;
 
 fn model_json(m: &ModelManifest) -> Value {
@@ -24,15 +25,27 @@ fn model_json(m: &ModelManifest) -> Value {
     })
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(key): Extension<KeyRecord>,
+) -> Result<Json<Value>, ApiError> {
     state.engine.rescan()?;
-    let data: Vec<Value> = state.engine.models().iter().map(model_json).collect();
+    let models = state.engine.models();
+    let data: Vec<Value> = models
+        .iter()
+        .filter(|m| key.allows_model(&m.id))
+        .map(model_json)
+        .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
 pub async fn retrieve(
     State(state): State<AppState>,
+    Extension(key): Extension<KeyRecord>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if !key.allows_model(&id) {
+        return Err(aiaas_engine::EngineError::ModelNotFound(id).into());
+    }
     Ok(Json(model_json(&state.engine.manifest(&id)?)))
 }

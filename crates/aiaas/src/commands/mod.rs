@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod bench;
+mod keys;
 mod models;
 mod serve;
 
@@ -14,5 +15,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Bench(args) => {
             tokio::task::spawn_blocking(move || bench::run(&args, &settings)).await?
         }
+        Command::Keys(command) => keys::run(command, &settings).await,
+        Command::Usage(args) => keys::usage(args, &settings).await,
     }
 }

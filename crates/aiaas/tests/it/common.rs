@@ -33,25 +33,7 @@ impl TestServer {
                 .import_gguf(&path, Some(name), Some(name))
                 .unwrap();
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aiaas"))
-            .args(["serve", "--port", "0", "--no-default-model"])
-            .env("AIAAS_HOME", &home)
-            .env("AIAAS_API_KEY", KEY)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.to_string();
-            }
-        };
+        let (child, base) = spawn(&home);
         Self {
             base,
             home,
@@ -60,33 +42,51 @@ impl TestServer {
         }
     }
 
+    /// Kills the server with SIGKILL (no chance to flush anything) and starts it again on the
+    /// same home folder.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (child, base) = spawn(&self.home);
+        self.child = child;
+        self.base = base;
+    }
+
+    /// A request with another key.
+    pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(KEY)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        self.post_raw(path, serde_json::to_vec(body).unwrap()).await
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let response = self
+        let request = self
             .client
             .post(self.url(path))
-            .bearer_auth(KEY)
             .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .body(body);
+        Self::answer(request).await
+    }
+
+    /// A keyed GET.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        Self::answer(self.client.get(self.url(path))).await
+    }
+
+    async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(KEY).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap())
     }
@@ -136,6 +136,29 @@ impl TestServer {
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
     }
+}
+
+fn spawn(home: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aiaas"))
+        .args(["serve", "--port", "0", "--no-default-model"])
+        .env("AIAAS_HOME", home)
+        .env("AIAAS_API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+    (child, base)
 }
 
 impl Drop for TestServer {

@@ -160,6 +160,11 @@ async fn bad_requests_get_clear_4xx_errors() {
         assert!(message.contains(needle), "{what}: {message}");
     }
 
+    let oversized = format!("{{\"model\": \"{}\"}}", " ".repeat(9 * 1024 * 1024)).into_bytes();
+    let (got, body) = server.post_raw("/v1/chat/completions", oversized).await;
+    assert_eq!(got, 413, "{body}");
+    assert!(error(&body)["message"].as_str().unwrap().contains("limit"));
+
     // The server is still healthy after all of that.
     let (status, body) = server
         .post(

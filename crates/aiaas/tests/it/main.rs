@@ -3,5 +3,7 @@
 mod common;
 mod errors;
 mod generation;
+mod limits;
 mod openai_sdk;
 mod service;
+mod usage;

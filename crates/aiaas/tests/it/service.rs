@@ -26,15 +26,8 @@ async fn keys_models_and_open_routes() {
     let (status, body) = server.post("/v1/chat/completions", &json!({})).await;
     assert_eq!(status, 400, "{body}");
 
-    let list: serde_json::Value = client
-        .get(server.url("/v1/models"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, list) = server.get("/v1/models").await;
+    assert_eq!(status, 200);
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"]
         .as_array()
@@ -44,28 +37,15 @@ async fn keys_models_and_open_routes() {
         .collect();
     assert_eq!(ids, [GEMMA, SMOLLM]);
 
-    let smollm: serde_json::Value = client
-        .get(server.url(&format!("/v1/models/{SMOLLM}")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, smollm) = server.get(&format!("/v1/models/{SMOLLM}")).await;
+    assert_eq!(status, 200);
     assert_eq!(smollm["object"], "model");
     assert_eq!(smollm["task"], "chat");
     assert_eq!(smollm["context_length"], 8192);
     assert_eq!(smollm["quantization"], "Q4_1");
 
-    let missing = client
-        .get(server.url("/v1/models/no-such-model"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
-    let body: serde_json::Value = missing.json().await.unwrap();
+    let (status, body) = server.get("/v1/models/no-such-model").await;
+    assert_eq!(status, 404);
     assert_eq!(error(&body)["code"], "model_not_found");
 
     let unknown = client
