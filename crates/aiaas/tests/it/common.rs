@@ -52,6 +52,24 @@ impl TestServer {
         self.base = base;
     }
 
+    /// A chat completion with another key.
+    pub async fn chat_as(&self, key: &str, content: &str, extra: Value) -> reqwest::Response {
+        self.post_as(key, "/v1/chat/completions", &chat(content, extra))
+            .await
+    }
+
+    /// Waits until the cancelled-generations counter passes `before`.
+    pub async fn wait_for_cancellation(&self, before: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.metric("aiaas_generations_cancelled_total").await <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the generation was not cancelled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// A request with another key.
     pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
         self.client

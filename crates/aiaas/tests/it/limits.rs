@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{chat, error, TestServer, GEMMA, SMOLLM};
+use crate::common::{error, TestServer, GEMMA, SMOLLM};
 
 /// Creates a key over the admin API; returns `(secret, id)`.
 pub async fn create_key(server: &TestServer, spec: Value) -> (String, String) {
@@ -55,25 +55,13 @@ async fn scopes_admin_rights_and_revocation() {
     assert_eq!(response.status(), 403);
 
     // Revoked: 401 at once.
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 1})),
-        )
-        .await;
+    let response = server.chat_as(&key, "hi", json!({"max_tokens": 1})).await;
     assert_eq!(response.status(), 200);
     let (status, _) = server
         .post(&format!("/admin/keys/{id}/revoke"), &json!({}))
         .await;
     assert_eq!(status, 200);
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 1})),
-        )
-        .await;
+    let response = server.chat_as(&key, "hi", json!({"max_tokens": 1})).await;
     assert_eq!(response.status(), 401);
 
     // Rotation: the old secret stops, the new one works; the audit log saw it all.
@@ -154,26 +142,14 @@ async fn token_limits_reserve_the_maximum_and_quotas_stop_use() {
     let server = TestServer::start(&[SMOLLM]).await;
     // A request reserves prompt + max_tokens: one that could exceed the per-minute budget is refused.
     let (key, _) = create_key(&server, json!({"name": "tpm", "tpm": 100})).await;
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 200})),
-        )
-        .await;
+    let response = server.chat_as(&key, "hi", json!({"max_tokens": 200})).await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(response.headers()["x-ratelimit-limit-tokens"], "100");
     let body: Value = response.json().await.unwrap();
     assert_eq!(error(&body)["code"], "rate_limit_exceeded");
     // A small one fits, and settles to what it used, not what it reserved.
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 2})),
-        )
-        .await;
+    let response = server.chat_as(&key, "hi", json!({"max_tokens": 2})).await;
     assert_eq!(response.status(), 200);
     let remaining: i64 = response.headers()["x-ratelimit-remaining-tokens"]
         .to_str()
@@ -188,21 +164,9 @@ async fn token_limits_reserve_the_maximum_and_quotas_stop_use() {
 
     // A daily quota: once spent, 429 insufficient_quota.
     let (key, _) = create_key(&server, json!({"name": "quota", "daily_tokens": 60})).await;
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 4})),
-        )
-        .await;
+    let response = server.chat_as(&key, "hi", json!({"max_tokens": 4})).await;
     assert_eq!(response.status(), 200);
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 4})),
-        )
-        .await;
+    let response = server.chat_as(&key, "hi", json!({"max_tokens": 4})).await;
     assert_eq!(response.status(), 429);
     let body: Value = response.json().await.unwrap();
     assert_eq!(error(&body)["code"], "insufficient_quota");

@@ -2,7 +2,7 @@
 //! including abandoned streams; and a SIGKILL loses no committed usage.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -26,11 +26,7 @@ async fn reported_usage_equals_returned_usage_including_abandoned_streams() {
     let (mut prompt, mut completion) = (0, 0);
     for max_tokens in [1, 5, 9] {
         let response = server
-            .post_as(
-                &key,
-                "/v1/chat/completions",
-                &chat("Hello there", json!({"max_tokens": max_tokens})),
-            )
+            .chat_as(&key, "Hello there", json!({"max_tokens": max_tokens}))
             .await;
         let body: Value = response.json().await.unwrap();
         prompt += body["usage"]["prompt_tokens"].as_i64().unwrap();
@@ -74,14 +70,7 @@ async fn reported_usage_equals_returned_usage_including_abandoned_streams() {
             .count();
     }
     drop(body);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.metric("aiaas_generations_cancelled_total").await <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned generation was not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server.wait_for_cancellation(before).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (status, usage) = server.get(&format!("/admin/usage?key={id}")).await;
@@ -117,13 +106,7 @@ async fn a_sigkill_under_load_loses_no_committed_usage() {
     let (key, id) = create_key(&server, json!({"name": "durable"})).await;
     let mut committed = (0, 0, 0);
     for _ in 0..4 {
-        let response = server
-            .post_as(
-                &key,
-                "/v1/chat/completions",
-                &chat("Hi", json!({"max_tokens": 3})),
-            )
-            .await;
+        let response = server.chat_as(&key, "Hi", json!({"max_tokens": 3})).await;
         let body: Value = response.json().await.unwrap();
         committed.0 += 1;
         committed.1 += body["usage"]["prompt_tokens"].as_i64().unwrap();
@@ -159,13 +142,7 @@ async fn a_sigkill_under_load_loses_no_committed_usage() {
         requests >= committed.0 && prompt >= committed.1 && completion >= committed.2,
         "{usage}"
     );
-    let response = server
-        .post_as(
-            &key,
-            "/v1/chat/completions",
-            &chat("Hi", json!({"max_tokens": 2})),
-        )
-        .await;
+    let response = server.chat_as(&key, "Hi", json!({"max_tokens": 2})).await;
     let body: Value = response.json().await.unwrap();
     let (_, after) = server.get(&format!("/admin/usage?key={id}")).await;
     let (requests_after, _, completion_after) = totals(&after);
