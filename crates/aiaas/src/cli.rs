@@ -23,6 +23,10 @@ pub struct GlobalArgs {
     /// Home folder: configuration, keys and the model repository (`models/`).
     #[arg(long, env = "AIAAS_HOME", global = true)]
     pub home: Option<PathBuf>,
+    /// Manage keys and read usage on this server's admin API instead of the local database
+    /// (with an admin key in `AIAAS_API_KEY`).
+    #[arg(long, env = "AIAAS_SERVER", global = true)]
+    pub server: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "AIAAS_LOG_JSON", global = true)]
     pub log_json: bool,

@@ -28,6 +28,8 @@ pub struct Settings {
     pub file: FileConfig,
     pub log_json: bool,
     pub api_key: Option<String>,
+    /// A remote server for the key and usage commands.
+    pub server: Option<String>,
 }
 
 impl Settings {
@@ -42,6 +44,7 @@ impl Settings {
             api_key: std::env::var("AIAAS_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
+            server: global.server.clone(),
             home,
             file,
         })

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use rand::RngCore;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock;
@@ -24,7 +24,7 @@ pub const KEY_PREFIX: &str = "aiaas-";
 const ADMIN_KEY_FILE: &str = "admin.key";
 
 /// What a new key may do; every limit is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KeySpec {
     pub name: String,
     /// Model ids the key may use; empty or `["*"]` means all.

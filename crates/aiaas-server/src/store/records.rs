@@ -1,10 +1,10 @@
 //! Rows and the queries over them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Result, Store};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
@@ -59,7 +59,7 @@ struct UsageRow {
     latency_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageGrouping {
     Day,
@@ -67,7 +67,7 @@ pub enum UsageGrouping {
     Model,
 }
 
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct UsageFilter {
     pub key: Option<String>,
     pub model: Option<String>,
@@ -76,7 +76,7 @@ pub struct UsageFilter {
     pub by: Option<UsageGrouping>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UsageGroup {
     /// The day (`YYYY-MM-DD`), key id or model id of the group; `all` without grouping.
     pub group: String,
@@ -88,7 +88,7 @@ pub struct UsageGroup {
     pub latency_p99_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: i64,

@@ -2,26 +2,16 @@
 //! database (the server reads the same database on every request, so changes apply at once).
 
 use aiaas_server::clock;
-use aiaas_server::gate::{KeySpec, Keys};
-use aiaas_server::store::{Store, UsageFilter, UsageGrouping};
+use aiaas_server::gate::KeySpec;
+use aiaas_server::store::{UsageFilter, UsageGrouping};
 use anyhow::{bail, Context};
 
+use super::admin::Admin;
 use crate::cli::{KeysCommand, UsageArgs};
 use crate::config::Settings;
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&settings.home)?;
-    let path = aiaas_server::database_path(&settings.home);
-    Store::open(&path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Audit entries made from the command line carry this actor.
-const CLI_ACTOR: &str = "cli";
-
 pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
-    let keys = Keys::new(open_store(settings).await?);
+    let admin = Admin::connect(settings).await?;
     match command {
         KeysCommand::Create(args) => {
             let expires_at = match args.expires.as_deref() {
@@ -55,7 +45,7 @@ pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()
                 expires_at,
                 admin: args.admin,
             };
-            let (secret, record) = keys.create(&spec, Some(CLI_ACTOR)).await?;
+            let (secret, record) = admin.create(&spec).await?;
             println!(
                 "created {} ({}); the key is shown only now:\n{secret}",
                 record.id, record.name
@@ -77,7 +67,7 @@ pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()
                 "STATE"
             );
             let now = clock::now();
-            for k in keys.store().keys().await? {
+            for k in admin.list().await? {
                 let state = if k.revoked_at.is_some() {
                     "revoked"
                 } else if k.expires_at.is_some_and(|at| at <= now) {
@@ -103,21 +93,19 @@ pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()
                 );
             }
         }
-        KeysCommand::Revoke { id } => match keys.revoke(&id, Some(CLI_ACTOR)).await? {
-            Some(record) => println!("revoked {} ({})", record.id, record.name),
-            None => bail!("no live key `{id}`"),
-        },
-        KeysCommand::Rotate { id } => match keys.rotate(&id, Some(CLI_ACTOR)).await? {
-            Some((secret, record)) => {
-                println!(
-                    "rotated {} ({}); the new key is shown only now:\n{secret}",
-                    record.id, record.name
-                );
-            }
-            None => bail!("no live key `{id}`"),
-        },
+        KeysCommand::Revoke { id } => {
+            let record = admin.revoke(&id).await?;
+            println!("revoked {} ({})", record.id, record.name);
+        }
+        KeysCommand::Rotate { id } => {
+            let (secret, record) = admin.rotate(&id).await?;
+            println!(
+                "rotated {} ({}); the new key is shown only now:\n{secret}",
+                record.id, record.name
+            );
+        }
         KeysCommand::Audit => {
-            for e in keys.store().audit_log(1000).await? {
+            for e in admin.audit().await? {
                 println!(
                     "{} {:<11} actor={} target={} {}",
                     clock::date_of(e.at),
@@ -133,7 +121,7 @@ pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()
 }
 
 pub async fn usage(args: UsageArgs, settings: &Settings) -> anyhow::Result<()> {
-    let store = open_store(settings).await?;
+    let admin = Admin::connect(settings).await?;
     let since = match args.since.as_deref() {
         None => None,
         Some(text) => Some(
@@ -147,7 +135,7 @@ pub async fn usage(args: UsageArgs, settings: &Settings) -> anyhow::Result<()> {
         Some("model") => Some(UsageGrouping::Model),
         _ => None,
     };
-    let groups = store
+    let groups = admin
         .usage(&UsageFilter {
             key: args.key,
             model: args.model,

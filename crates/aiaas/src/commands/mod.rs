@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod admin;
 mod bench;
 mod keys;
 mod models;

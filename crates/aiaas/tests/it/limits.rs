@@ -171,3 +171,64 @@ async fn token_limits_reserve_the_maximum_and_quotas_stop_use() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(error(&body)["code"], "insufficient_quota");
 }
+
+/// Runs the `aiaas` command line against the test server's home; returns stdout.
+fn cli(server: &TestServer, args: &[&str], remote: bool) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aiaas"));
+    command.args(args).env("AIAAS_HOME", &server.home);
+    if remote {
+        command
+            .env("AIAAS_SERVER", &server.base)
+            .env("AIAAS_API_KEY", crate::common::KEY);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn the_cli_manages_keys_of_a_running_server_remotely_and_locally() {
+    let server = TestServer::start(&[]).await;
+    let created = cli(
+        &server,
+        &["keys", "create", "--name", "from-afar", "--rpm", "5"],
+        true,
+    );
+    let secret = created.lines().last().unwrap().trim().to_string();
+    let id = created.split_whitespace().nth(1).unwrap().to_string();
+    let status = |key: String| {
+        let client = server.client.clone();
+        let url = server.url("/v1/models");
+        async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(secret.clone()).await, 200);
+    // The local database shows the key the remote call made, but never its secret.
+    let listed = cli(&server, &["keys", "list"], false);
+    assert!(
+        listed.contains("from-afar") && listed.contains(&id),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret));
+    // Revoked from the command line: the running server refuses it at once.
+    cli(&server, &["keys", "revoke", &id], false);
+    assert_eq!(status(secret).await, 401);
+    let audit = cli(&server, &["keys", "audit"], true);
+    assert!(
+        audit.contains("key.revoke") && audit.contains("actor=cli"),
+        "{audit}"
+    );
+}
