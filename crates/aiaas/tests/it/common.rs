@@ -70,6 +70,17 @@ impl TestServer {
         }
     }
 
+    /// The status of `GET /v1/models` with `key`: the cheapest check that a key works.
+    pub async fn models_status(&self, key: &str) -> u16 {
+        let response = self
+            .client
+            .get(self.url("/v1/models"))
+            .bearer_auth(key)
+            .send()
+            .await;
+        response.unwrap().status().as_u16()
+    }
+
     /// A request with another key.
     pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
         self.client

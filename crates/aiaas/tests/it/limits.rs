@@ -71,22 +71,8 @@ async fn scopes_admin_rights_and_revocation() {
         .await;
     assert_eq!(status, 200);
     let new = rotated["key"].as_str().unwrap();
-    let models = |k: String| {
-        let client = server.client.clone();
-        let url = server.url("/v1/models");
-        async move {
-            client
-                .get(url)
-                .bearer_auth(k)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(models(old).await, 401);
-    assert_eq!(models(new.to_string()).await, 200);
+    assert_eq!(server.models_status(&old).await, 401);
+    assert_eq!(server.models_status(new).await, 200);
     let (_, audit) = server.get("/admin/audit").await;
     let actions: Vec<&str> = audit["data"]
         .as_array()
@@ -201,21 +187,7 @@ async fn the_cli_manages_keys_of_a_running_server_remotely_and_locally() {
     );
     let secret = created.lines().last().unwrap().trim().to_string();
     let id = created.split_whitespace().nth(1).unwrap().to_string();
-    let status = |key: String| {
-        let client = server.client.clone();
-        let url = server.url("/v1/models");
-        async move {
-            client
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(status(secret.clone()).await, 200);
+    assert_eq!(server.models_status(&secret).await, 200);
     // The local database shows the key the remote call made, but never its secret.
     let listed = cli(&server, &["keys", "list"], false);
     assert!(
@@ -225,7 +197,7 @@ async fn the_cli_manages_keys_of_a_running_server_remotely_and_locally() {
     assert!(!listed.contains(&secret));
     // Revoked from the command line: the running server refuses it at once.
     cli(&server, &["keys", "revoke", &id], false);
-    assert_eq!(status(secret).await, 401);
+    assert_eq!(server.models_status(&secret).await, 401);
     let audit = cli(&server, &["keys", "audit"], true);
     assert!(
         audit.contains("key.revoke") && audit.contains("actor=cli"),
