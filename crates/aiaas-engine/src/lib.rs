@@ -43,8 +43,13 @@ pub enum EngineError {
     Overloaded(String),
     #[error("model error: {0}")]
     Model(#[from] aiaas_models::ModelError),
+    /// The model's chat template is unusable (not the caller's messages: those are
+    /// `InvalidRequest`).
     #[error("{0}")]
     Template(String),
+    /// Something failed inside the engine: a generation that broke off, a load that panicked.
+    #[error("{0}")]
+    Internal(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

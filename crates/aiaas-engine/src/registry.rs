@@ -99,7 +99,7 @@ impl Engine {
                     LoadedGenerator::load(manifest, &path, limits, metrics)
                 })
                 .await
-                .map_err(|e| EngineError::Template(format!("model loading panicked: {e}")))?
+                .map_err(|e| EngineError::Internal(format!("model loading panicked: {e}")))?
                 .map(Arc::new)
             })
             .await?;

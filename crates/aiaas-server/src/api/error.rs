@@ -119,6 +119,7 @@ impl ApiError {
                 ),
                 EngineError::Model(_)
                 | EngineError::Template(_)
+                | EngineError::Internal(_)
                 | EngineError::Io { .. }
                 | EngineError::Fetch(_)
                 | EngineError::Manifest { .. } => (

@@ -117,10 +117,10 @@ pub async fn collect(mut events: UnboundedReceiver<Event>) -> Result<Collected, 
                     finished,
                 });
             }
-            Event::Failed(message) => return Err(EngineError::Template(message).into()),
+            Event::Failed(message) => return Err(EngineError::Internal(message).into()),
         }
     }
-    Err(EngineError::Template("the generation ended without a result".into()).into())
+    Err(EngineError::Internal("the generation ended without a result".into()).into())
 }
 
 /// The chunk shapes of one streaming route.
