@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use aiaas_engine::EngineMetrics;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
@@ -13,6 +13,20 @@ use crate::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
+}
+
+/// Ready to serve: the database answers. 503 otherwise, so a balancer stops sending traffic.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store().ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Err(e) => {
+            tracing::error!("not ready: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": "database"})),
+            )
+        }
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

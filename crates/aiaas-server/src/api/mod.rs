@@ -15,6 +15,7 @@ mod validate;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use error::ApiError;
 pub use json::{AppJson, BodyLimit};
@@ -48,10 +49,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/v1", v1)
         .nest("/admin", admin)
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
+        // Every response carries `x-request-id`: the caller's, or a new UUID.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

@@ -11,6 +11,19 @@ async fn keys_models_and_open_routes() {
 
     let health = client.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    let ready = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Every response carries a request id: a new one, or the caller's own, echoed.
+    assert_eq!(health.headers()["x-request-id"].len(), 36);
+    let echoed = client
+        .get(server.url("/v1/models"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 401);
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
 
     // No key, a wrong key: 401 invalid_api_key, in OpenAI's shape.
     for auth in [None, Some("aiaas-not-a-real-key")] {
