@@ -24,6 +24,8 @@ pub struct ServerSettings {
     pub api_key: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How long requests in flight may run on after a shutdown signal.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Binds the listener and serves until SIGINT or SIGTERM. Prints the bound address on stdout
@@ -48,9 +50,24 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
     let app = api::router(state, settings.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    // On SIGINT/SIGTERM: stop accepting, let requests in flight finish (streams included), but
+    // no longer than the drain timeout. Usage rows are committed as responses complete, so there
+    // is nothing else to flush.
+    let (draining, mut drain_started) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = draining.send(true);
+    });
+    let drain_timeout = settings.drain_timeout;
+    tokio::select! {
+        finished = server => finished?,
+        _ = async {
+            let _ = drain_started.wait_for(|started| *started).await;
+            tokio::time::sleep(drain_timeout).await;
+        } => tracing::warn!(?drain_timeout, "drain timeout reached; closing the remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// The embedded database in the home folder.

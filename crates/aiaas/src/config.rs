@@ -11,6 +11,8 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 8080;
 /// Request bodies above this are refused with 413.
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Seconds requests in flight may run on after SIGTERM/SIGINT.
+const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 
 /// The optional `aiaas.toml` in the home folder.
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +22,7 @@ pub struct FileConfig {
     pub port: Option<u16>,
     pub max_body_bytes: Option<usize>,
     pub log_json: Option<bool>,
+    pub drain_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,14 @@ impl Settings {
 
     pub fn max_body_bytes(&self) -> usize {
         self.file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.file
+                .drain_timeout_secs
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
+        )
     }
 }
 

@@ -40,6 +40,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
             listen: SocketAddr::new(ip, port),
             api_key: settings.api_key.clone(),
             max_body_bytes: settings.max_body_bytes(),
+            drain_timeout: settings.drain_timeout(),
         },
         engine,
     )

@@ -52,6 +52,30 @@ impl TestServer {
         self.base = base;
     }
 
+    /// Sends SIGTERM, as a service manager stopping the server would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most a minute) for the server to exit; returns its status.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// A chat completion with another key.
     pub async fn chat_as(&self, key: &str, content: &str, extra: Value) -> reqwest::Response {
         self.post_as(key, "/v1/chat/completions", &chat(content, extra))

@@ -1,5 +1,6 @@
 //! Keys, open routes and the model list.
 
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::common::{error, TestServer, GEMMA, KEY, SMOLLM};
@@ -68,4 +69,29 @@ async fn keys_models_and_open_routes() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_stream_in_flight_finish_then_exits_cleanly() {
+    let mut server = TestServer::start(&[SMOLLM]).await;
+    let body = crate::common::chat(
+        "Tell me a story.",
+        json!({"max_tokens": 24, "stream": true}),
+    );
+    let response = server.post_as(KEY, "/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("data: "));
+    server.terminate();
+    let mut rest = String::new();
+    while let Some(chunk) = stream.next().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(
+        rest.trim_end().ends_with("data: [DONE]"),
+        "the stream was cut: {rest}"
+    );
+    assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+    assert!(server.exit_status().await.success());
 }
