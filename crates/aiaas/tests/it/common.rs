@@ -241,6 +241,16 @@ pub fn error(body: &Value) -> &Value {
     error
 }
 
+/// The `field` of every object in a list response's `data`, e.g. model ids.
+pub fn column<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
+}
+
 pub fn chat(content: &str, extra: Value) -> Value {
     let mut body = serde_json::json!({
         "model": SMOLLM,

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{error, TestServer, GEMMA, SMOLLM};
+use crate::common::{column, error, TestServer, GEMMA, SMOLLM};
 
 /// Creates a key over the admin API; returns `(secret, id)`.
 pub async fn create_key(server: &TestServer, spec: Value) -> (String, String) {
@@ -30,12 +30,7 @@ async fn scopes_admin_rights_and_revocation() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = column(&list, "id");
     assert_eq!(ids, [SMOLLM]);
     let response = server
         .post_as(
@@ -74,12 +69,7 @@ async fn scopes_admin_rights_and_revocation() {
     assert_eq!(server.models_status(&old).await, 401);
     assert_eq!(server.models_status(new).await, 200);
     let (_, audit) = server.get("/admin/audit").await;
-    let actions: Vec<&str> = audit["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let actions = column(&audit, "action");
     assert_eq!(
         actions,
         ["key.rotate", "key.create", "key.revoke", "key.create"]

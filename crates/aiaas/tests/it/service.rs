@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::common::{error, TestServer, GEMMA, KEY, SMOLLM};
+use crate::common::{column, error, TestServer, GEMMA, KEY, SMOLLM};
 
 #[tokio::test]
 async fn keys_models_and_open_routes() {
@@ -43,12 +43,7 @@ async fn keys_models_and_open_routes() {
     let (status, list) = server.get("/v1/models").await;
     assert_eq!(status, 200);
     assert_eq!(list["object"], "list");
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids = column(&list, "id");
     assert_eq!(ids, [GEMMA, SMOLLM]);
 
     let (status, smollm) = server.get(&format!("/v1/models/{SMOLLM}")).await;
