@@ -46,6 +46,15 @@ pub enum Command {
     Keys(KeysCommand),
     /// Report usage: requests, tokens, errors and latency, optionally filtered and grouped.
     Usage(UsageArgs),
+    /// Show configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration `serve` would run with (same flags), secrets masked.
+    Show(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]

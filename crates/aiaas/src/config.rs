@@ -1,14 +1,15 @@
 //! Effective settings: flags and environment (via clap) over `aiaas.toml` over defaults.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, ServeArgs};
 
-pub const DEFAULT_HOST: &str = "127.0.0.1";
-pub const DEFAULT_PORT: u16 = 8080;
+const DEFAULT_HOST: &str = "127.0.0.1";
+const DEFAULT_PORT: u16 = 8080;
 /// Request bodies above this are refused with 413.
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Seconds requests in flight may run on after SIGTERM/SIGINT.
@@ -61,6 +62,47 @@ impl Settings {
         self.file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
     }
 
+    /// Where `serve` listens: flag or environment, then `aiaas.toml`, then the default.
+    pub fn listen_address(&self, args: &ServeArgs) -> anyhow::Result<SocketAddr> {
+        let host = args
+            .host
+            .clone()
+            .or_else(|| self.file.host.clone())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        let port = args.port.or(self.file.port).unwrap_or(DEFAULT_PORT);
+        let ip: IpAddr = host
+            .parse()
+            .with_context(|| format!("`{host}` is not an IP address"))?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn show(&self, args: &ServeArgs) -> anyhow::Result<String> {
+        let api_key = match &self.api_key {
+            Some(key) => format!("{:?}", mask(key)),
+            None => format!(
+                "\"(unset: an admin key is generated on first start into {})\"",
+                self.home.join("admin.key").display()
+            ),
+        };
+        let lines = [
+            "# effective configuration: flags > AIAAS_* environment > aiaas.toml > defaults"
+                .to_string(),
+            format!("home = {:?}", self.home.display().to_string()),
+            format!("listen = \"{}\"", self.listen_address(args)?),
+            format!("fetch_default_model = {}", !args.no_default_model),
+            format!("max_body_bytes = {}", self.max_body_bytes()),
+            format!("drain_timeout_secs = {}", self.drain_timeout().as_secs()),
+            format!("log_json = {}", self.log_json),
+            format!("api_key = {api_key}"),
+            format!(
+                "model_cache = {:?}",
+                aiaas_engine::fetch::cache_dir().display().to_string()
+            ),
+        ];
+        Ok(lines.join("\n"))
+    }
+
     pub fn drain_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(
             self.file
@@ -75,5 +117,26 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
         Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The recognisable start of a secret (at most a third of it, at most 10 characters), the
+/// rest starred out.
+fn mask(secret: &str) -> String {
+    let length = secret.chars().count();
+    let shown = (length / 3).min(10);
+    let visible: String = secret.chars().take(shown).collect();
+    format!("{visible}{}", "*".repeat((length - shown).min(20)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked() {
+        let masked = mask("aiaas-0123456789abcdefghijklmnop");
+        assert!(masked.starts_with("aiaas-0123") && !masked.contains("4567"));
+        assert_eq!(mask("short"), "s****");
     }
 }

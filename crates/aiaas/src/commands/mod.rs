@@ -6,7 +6,7 @@ mod keys;
 mod models;
 mod serve;
 
-use crate::cli::Command;
+use crate::cli::{Command, ConfigCommand};
 use crate::config::Settings;
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -18,5 +18,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Keys(command) => keys::run(command, &settings).await,
         Command::Usage(args) => keys::usage(args, &settings).await,
+        Command::Config(ConfigCommand::Show(args)) => {
+            println!("{}", settings.show(&args)?);
+            Ok(())
+        }
     }
 }

@@ -1,16 +1,14 @@
 //! `aiaas serve`: make sure a chat model exists, then run the server.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use aiaas_engine::catalog::{self, DEFAULT_CHAT_MODEL};
 use aiaas_engine::generate::WorkerLimits;
 use aiaas_engine::{fetch, Engine, ModelRepository, Task};
 use aiaas_server::ServerSettings;
-use anyhow::Context;
 
 use crate::cli::ServeArgs;
-use crate::config::{Settings, DEFAULT_HOST, DEFAULT_PORT};
+use crate::config::Settings;
 
 pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
     let repository = ModelRepository::open(settings.models_dir())?;
@@ -25,19 +23,12 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
         let path = fetch::fetch(entry).await?;
         repository.import_gguf(&path, Some(entry.name), Some(entry.name))?;
     }
-    let host = args
-        .host
-        .or_else(|| settings.file.host.clone())
-        .unwrap_or_else(|| DEFAULT_HOST.to_string());
-    let port = args.port.or(settings.file.port).unwrap_or(DEFAULT_PORT);
-    let ip: IpAddr = host
-        .parse()
-        .with_context(|| format!("`{host}` is not an IP address"))?;
+    let listen = settings.listen_address(&args)?;
     let engine = Arc::new(Engine::new(repository, WorkerLimits::default())?);
     aiaas_server::serve(
         ServerSettings {
             home: settings.home.clone(),
-            listen: SocketAddr::new(ip, port),
+            listen,
             api_key: settings.api_key.clone(),
             max_body_bytes: settings.max_body_bytes(),
             drain_timeout: settings.drain_timeout(),

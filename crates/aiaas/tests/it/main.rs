@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `aiaas` binary on an ephemeral port, real models, real HTTP.
 
 mod common;
+mod config;
 mod errors;
 mod generation;
 mod limits;
