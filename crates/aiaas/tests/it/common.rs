@@ -241,6 +241,24 @@ pub fn error(body: &Value) -> &Value {
     error
 }
 
+/// Runs the `aiaas` command line on `home` with extra environment; asserts success and
+/// returns stdout.
+pub fn aiaas(home: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_aiaas"))
+        .args(args)
+        .env("AIAAS_HOME", home)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// The `field` of every object in a list response's `data`, e.g. model ids.
 pub fn column<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
     list["data"]

@@ -1,22 +1,14 @@
 //! `aiaas config show`: the effective configuration, in precedence order, secrets masked.
 
-use std::process::Command;
+use crate::common::aiaas;
 
 fn show(home: &std::path::Path, flags: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_aiaas"))
-        .args(["config", "show"])
-        .args(flags)
-        .env("AIAAS_HOME", home)
-        .env("AIAAS_HOST", "0.0.0.0")
-        .env("AIAAS_API_KEY", "aiaas-verysecretkey0123456789")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let args: Vec<&str> = ["config", "show"].iter().chain(flags).copied().collect();
+    let env = [
+        ("AIAAS_HOST", "0.0.0.0"),
+        ("AIAAS_API_KEY", "aiaas-verysecretkey0123456789"),
+    ];
+    aiaas(home, &args, &env)
 }
 
 #[test]

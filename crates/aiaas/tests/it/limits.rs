@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{column, error, TestServer, GEMMA, SMOLLM};
+use crate::common::{aiaas, column, error, TestServer, GEMMA, KEY, SMOLLM};
 
 /// Creates a key over the admin API; returns `(secret, id)`.
 pub async fn create_key(server: &TestServer, spec: Value) -> (String, String) {
@@ -148,23 +148,14 @@ async fn token_limits_reserve_the_maximum_and_quotas_stop_use() {
     assert_eq!(error(&body)["code"], "insufficient_quota");
 }
 
-/// Runs the `aiaas` command line against the test server's home; returns stdout.
+/// Runs the `aiaas` command line on the test server's home, or against it over HTTP.
 fn cli(server: &TestServer, args: &[&str], remote: bool) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aiaas"));
-    command.args(args).env("AIAAS_HOME", &server.home);
-    if remote {
-        command
-            .env("AIAAS_SERVER", &server.base)
-            .env("AIAAS_API_KEY", crate::common::KEY);
-    }
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{args:?}: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    let env: &[(&str, &str)] = if remote {
+        &[("AIAAS_SERVER", &server.base), ("AIAAS_API_KEY", KEY)]
+    } else {
+        &[]
+    };
+    aiaas(&server.home, args, env)
 }
 
 #[tokio::test]

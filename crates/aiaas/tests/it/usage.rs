@@ -1,13 +1,12 @@
 //! Metering: what clients were told they used equals what `aiaas usage` reports, to the token,
 //! including abandoned streams; and a SIGKILL loses no committed usage.
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::common::{chat, TestServer, SMOLLM};
+use crate::common::{aiaas, chat, TestServer, SMOLLM};
 use crate::limits::create_key;
 
 fn totals(usage: &Value) -> (i64, i64, i64) {
@@ -86,17 +85,8 @@ async fn reported_usage_equals_returned_usage_including_abandoned_streams() {
     );
 
     // The command line reports the same numbers from the same database.
-    let output = Command::new(env!("CARGO_BIN_EXE_aiaas"))
-        .args(["usage", "--key", &id, "--json"])
-        .env("AIAAS_HOME", &server.home)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let cli: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let printed = aiaas(&server.home, &["usage", "--key", &id, "--json"], &[]);
+    let cli: Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(cli, usage["data"]);
 }
 
