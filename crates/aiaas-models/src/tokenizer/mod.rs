@@ -11,6 +11,7 @@ mod spm;
 
 use std::collections::HashMap;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use candle_core::quantized::gguf_file::Value;
 
 pub use decode::TokenDecoder;
@@ -50,8 +51,8 @@ pub struct Tokenizer {
     tokens: Vec<String>,
     types: Vec<TokenType>,
     model: Model,
-    /// Tokens matched literally in the text before the model sees it, longest first.
-    specials: Vec<(String, u32)>,
+    /// Tokens matched literally in the text before the model sees it.
+    specials: Specials,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     /// Whether a BOS token is prepended to a prompt (`tokenizer.ggml.add_bos_token`).
@@ -125,16 +126,7 @@ impl Tokenizer {
             }
         };
 
-        let mut specials: Vec<(String, u32)> = tokens
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .filter(|(_, (text, ty))| {
-                matches!(ty, TokenType::Control | TokenType::UserDefined) && !text.is_empty()
-            })
-            .map(|(id, (text, _))| (text.clone(), id as u32))
-            .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let specials = Specials::new(&tokens, &types)?;
 
         let id = |key: &str| gguf.usize(key).ok().map(|v| v as u32);
         let bos = id("tokenizer.ggml.bos_token_id");
@@ -196,29 +188,22 @@ impl Tokenizer {
     }
 
     fn split_specials<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
-        let mut fragments = vec![Fragment::Text(text)];
-        for (special, id) in &self.specials {
-            if !parse_special && self.types[*id as usize] == TokenType::Control {
-                continue;
+        let (matcher, ids) = if parse_special {
+            (&self.specials.all, &self.specials.all_ids)
+        } else {
+            (&self.specials.user_defined, &self.specials.user_defined_ids)
+        };
+        let mut fragments = Vec::new();
+        let mut last = 0;
+        for found in matcher.find_iter(text) {
+            if found.start() > last {
+                fragments.push(Fragment::Text(&text[last..found.start()]));
             }
-            let mut next = Vec::with_capacity(fragments.len());
-            for fragment in fragments {
-                let Fragment::Text(mut rest) = fragment else {
-                    next.push(fragment);
-                    continue;
-                };
-                while let Some(at) = rest.find(special.as_str()) {
-                    if at > 0 {
-                        next.push(Fragment::Text(&rest[..at]));
-                    }
-                    next.push(Fragment::Token(*id));
-                    rest = &rest[at + special.len()..];
-                }
-                if !rest.is_empty() {
-                    next.push(Fragment::Text(rest));
-                }
-            }
-            fragments = next;
+            fragments.push(Fragment::Token(ids[found.pattern().as_usize()]));
+            last = found.end();
+        }
+        if last < text.len() {
+            fragments.push(Fragment::Text(&text[last..]));
         }
         fragments
     }
@@ -247,6 +232,45 @@ impl Tokenizer {
 
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.end_of_generation.binary_search(&id).is_ok()
+    }
+}
+
+/// Special tokens found in one pass over the text (leftmost, longest first), whatever their
+/// number: Gemma's vocabulary has over 6,000, so a scan per token would make long prompts slow.
+struct Specials {
+    /// Control and user-defined tokens (a rendered chat template).
+    all: AhoCorasick,
+    all_ids: Vec<u32>,
+    /// User-defined tokens only: llama.cpp matches these even in plain text.
+    user_defined: AhoCorasick,
+    user_defined_ids: Vec<u32>,
+}
+
+impl Specials {
+    fn new(tokens: &[String], types: &[TokenType]) -> Result<Self> {
+        let build = |wanted: &dyn Fn(TokenType) -> bool| -> Result<(AhoCorasick, Vec<u32>)> {
+            let (texts, ids): (Vec<&str>, Vec<u32>) = tokens
+                .iter()
+                .zip(types)
+                .enumerate()
+                .filter(|(_, (text, ty))| wanted(**ty) && !text.is_empty())
+                .map(|(id, (text, _))| (text.as_str(), id as u32))
+                .unzip();
+            let matcher = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&texts)
+                .map_err(|e| ModelError::Format(format!("special tokens: {e}")))?;
+            Ok((matcher, ids))
+        };
+        let (all, all_ids) =
+            build(&|ty| matches!(ty, TokenType::Control | TokenType::UserDefined))?;
+        let (user_defined, user_defined_ids) = build(&|ty| ty == TokenType::UserDefined)?;
+        Ok(Self {
+            all,
+            all_ids,
+            user_defined,
+            user_defined_ids,
+        })
     }
 }
 
