@@ -2,7 +2,8 @@
 //! piece is mapped byte by byte onto printable characters, then merged pair by pair in the
 //! order of the merge list (lowest rank first).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::OnceLock;
 
 use fancy_regex::Regex;
@@ -75,25 +76,85 @@ impl Bpe {
         }
     }
 
+    /// Merges one piece. Candidate pairs wait in a heap (lowest rank, then leftmost) over a
+    /// linked list of symbols, so a piece of n bytes costs O(n log n), not O(n²): a prompt that
+    /// is one megabyte-long "word" must not pin a core.
     fn encode_piece(&self, piece: &str, out: &mut Vec<u32>) {
-        let mut symbols: Vec<u32> = piece
+        let mut symbols: Vec<Symbol> = piece
             .bytes()
             .filter_map(|b| self.byte_ids[b as usize])
+            .enumerate()
+            .map(|(i, id)| Symbol {
+                id,
+                prev: i.checked_sub(1),
+                next: Some(i + 1),
+            })
             .collect();
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, pair)| self.merges.get(&(pair[0], pair[1])).map(|m| (m.0, i, m.1)))
-                .min();
-            let Some((_, at, merged)) = best else {
-                break;
-            };
-            symbols[at] = merged;
-            symbols.remove(at + 1);
+        if let Some(last) = symbols.last_mut() {
+            last.next = None;
         }
-        out.extend(symbols);
+        let mut queue = BinaryHeap::new();
+        for left in 1..symbols.len() {
+            self.push_pair(&symbols, left - 1, &mut queue);
+        }
+        while let Some(Reverse(pair)) = queue.pop() {
+            let Some(right) = symbols[pair.left].next else {
+                continue;
+            };
+            // Stale entry: a neighbour was merged since this pair was queued.
+            if symbols[pair.left].id != pair.ids.0 || symbols[right].id != pair.ids.1 {
+                continue;
+            }
+            let after = symbols[right].next;
+            symbols[pair.left].id = pair.merged;
+            symbols[pair.left].next = after;
+            symbols[right].id = u32::MAX;
+            if let Some(n) = after {
+                symbols[n].prev = Some(pair.left);
+            }
+            if let Some(p) = symbols[pair.left].prev {
+                self.push_pair(&symbols, p, &mut queue);
+            }
+            self.push_pair(&symbols, pair.left, &mut queue);
+        }
+        let mut at = (!symbols.is_empty()).then_some(0);
+        while let Some(i) = at {
+            out.push(symbols[i].id);
+            at = symbols[i].next;
+        }
     }
+
+    /// Queues the pair starting at `left` if the merge list has it.
+    fn push_pair(&self, symbols: &[Symbol], left: usize, queue: &mut BinaryHeap<Reverse<Pair>>) {
+        let Some(right) = symbols[left].next else {
+            return;
+        };
+        let ids = (symbols[left].id, symbols[right].id);
+        if let Some(&(rank, merged)) = self.merges.get(&ids) {
+            queue.push(Reverse(Pair {
+                rank,
+                left,
+                ids,
+                merged,
+            }));
+        }
+    }
+}
+
+/// One token of a piece being merged, linked to its neighbours.
+struct Symbol {
+    id: u32,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// A mergeable neighbour pair; ordered by merge rank, then position (leftmost first).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Pair {
+    rank: u32,
+    left: usize,
+    ids: (u32, u32),
+    merged: u32,
 }
 
 /// Splits `text` into the regex's matches and the gaps between them, in order.
@@ -163,6 +224,33 @@ mod tests {
     fn byte_chars_round_trip_every_byte() {
         let all: String = byte_chars().iter().collect();
         assert_eq!(byte_level_decode(&all), (0..=255u8).collect::<Vec<_>>());
+    }
+
+    fn toy() -> Bpe {
+        let index: HashMap<String, u32> = ["a", "b", "aa", "ab", "aaaa"]
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), id as u32))
+            .collect();
+        let merges = ["a b", "a a", "aa aa"].map(String::from);
+        Bpe::new(&index, &merges, "gpt2").unwrap()
+    }
+
+    #[test]
+    fn merges_lowest_rank_first_then_leftmost() {
+        let mut out = Vec::new();
+        // "a b" outranks "a a"; among the equal "a a" pairs the leftmost merges first.
+        toy().encode("aabaaa", &mut out);
+        assert_eq!(out, [0, 3, 2, 0]);
+    }
+
+    #[test]
+    fn one_huge_word_encodes_in_near_linear_time() {
+        let mut out = Vec::new();
+        toy().encode(&"a".repeat(400_001), &mut out);
+        assert_eq!(out.len(), 100_001);
+        assert!(out[..100_000].iter().all(|&id| id == 4));
+        assert_eq!(out[100_000], 0);
     }
 
     #[test]
