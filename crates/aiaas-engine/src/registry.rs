@@ -1,5 +1,5 @@
 //! The models the server offers: manifests read from the repository, each loaded on first use
-//! into a generator (weights, tokenizer, chat template and a worker thread).
+//! into a generator (weights, tokenizer, chat template and a worker thread) or an embedder.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -8,19 +8,28 @@ use aiaas_models::{Decoder, GgufFile, Tokenizer};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::embed::{EmbedLimits, LoadedEmbedder};
 use crate::generate::{Generation, GenerationJob, GenerationWorker, SamplingParams, WorkerLimits};
 use crate::{EngineError, EngineMetrics, ModelManifest, ModelRepository, Result, Task};
 
 pub struct Engine {
     repository: ModelRepository,
     limits: WorkerLimits,
+    embed_limits: EmbedLimits,
     metrics: Arc<EngineMetrics>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
 }
 
 struct Slot {
     manifest: ModelManifest,
-    generator: OnceCell<Arc<LoadedGenerator>>,
+    loaded: OnceCell<LoadedModel>,
+}
+
+/// A model in memory, by what it does.
+#[derive(Clone)]
+enum LoadedModel {
+    Generator(Arc<LoadedGenerator>),
+    Embedder(Arc<LoadedEmbedder>),
 }
 
 impl Engine {
@@ -28,6 +37,7 @@ impl Engine {
         let engine = Self {
             repository,
             limits,
+            embed_limits: EmbedLimits::default(),
             metrics: Arc::default(),
             slots: RwLock::default(),
         };
@@ -48,7 +58,7 @@ impl Engine {
             slots.entry(manifest.id.clone()).or_insert_with(|| {
                 Arc::new(Slot {
                     manifest,
-                    generator: OnceCell::new(),
+                    loaded: OnceCell::new(),
                 })
             });
         }
@@ -85,25 +95,55 @@ impl Engine {
         Ok(self.slot(id)?.manifest.clone())
     }
 
-    /// The loaded generator for `id`, loading it on first use (once, however many ask).
+    /// The loaded generator for `id`, loading it on first use.
     pub async fn generator(&self, id: &str) -> Result<Arc<LoadedGenerator>> {
+        match self.loaded(id).await? {
+            LoadedModel::Generator(generator) => Ok(generator),
+            LoadedModel::Embedder(_) => Err(EngineError::invalid(
+                "model",
+                format!("`{id}` is an embedding model; use /v1/embeddings"),
+            )),
+        }
+    }
+
+    /// The loaded embedder for `id`, loading it on first use.
+    pub async fn embedder(&self, id: &str) -> Result<Arc<LoadedEmbedder>> {
+        match self.loaded(id).await? {
+            LoadedModel::Embedder(embedder) => Ok(embedder),
+            LoadedModel::Generator(_) => Err(EngineError::invalid(
+                "model",
+                format!(
+                    "`{id}` is a text generation model, not an embedding model; use \
+                     /v1/chat/completions or /v1/completions"
+                ),
+            )),
+        }
+    }
+
+    /// The model `id` in memory, loading it on first use (once, however many ask).
+    async fn loaded(&self, id: &str) -> Result<LoadedModel> {
         let slot = self.slot(id)?;
-        let generator = slot
-            .generator
+        let loaded = slot
+            .loaded
             .get_or_try_init(|| async {
                 let manifest = slot.manifest.clone();
+                let dir = self.repository.model_dir(&manifest);
                 let path = self.repository.weights_path(&manifest);
-                let limits = self.limits;
+                let (limits, embed_limits) = (self.limits, self.embed_limits);
                 let metrics = self.metrics.clone();
-                tokio::task::spawn_blocking(move || {
-                    LoadedGenerator::load(manifest, &path, limits, metrics)
+                tokio::task::spawn_blocking(move || match manifest.task {
+                    Task::Embedding => LoadedEmbedder::load(manifest, &dir, embed_limits)
+                        .map(|e| LoadedModel::Embedder(Arc::new(e))),
+                    Task::Chat | Task::Completion => {
+                        LoadedGenerator::load(manifest, &path, limits, metrics)
+                            .map(|g| LoadedModel::Generator(Arc::new(g)))
+                    }
                 })
                 .await
                 .map_err(|e| EngineError::Internal(format!("model loading panicked: {e}")))?
-                .map(Arc::new)
             })
             .await?;
-        Ok(generator.clone())
+        Ok(loaded.clone())
     }
 }
 

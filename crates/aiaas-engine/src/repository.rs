@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aiaas_models::GgufFile;
+use aiaas_models::{sentence, GgufFile, SentenceEncoder};
 
 use crate::manifest::{ModelManifest, Task, MANIFEST_FILE};
 use crate::{EngineError, Result};
@@ -55,22 +55,25 @@ impl ModelRepository {
         ModelManifest::read(&path)
     }
 
+    /// The folder holding a model's files.
+    pub fn model_dir(&self, manifest: &ModelManifest) -> PathBuf {
+        self.root.join(&manifest.id)
+    }
+
     /// The weights file of a model.
     pub fn weights_path(&self, manifest: &ModelManifest) -> PathBuf {
         self.root.join(&manifest.id).join(&manifest.file)
     }
 
-    /// Imports a GGUF file under `id` (default: the file name without extension, lower-cased).
-    /// The file is hard-linked when it is on the same file system, copied otherwise.
-    pub fn import_gguf(
+    /// Imports a model under `id` (default: the file or folder name, lower-cased): a GGUF file
+    /// (a generator) or a sentence-transformers / Hugging Face BERT folder (an embedding model).
+    /// Files are hard-linked when on the same file system, copied otherwise.
+    pub fn import(
         &self,
         source: &Path,
         id: Option<&str>,
         origin: Option<&str>,
     ) -> Result<ModelManifest> {
-        let gguf = GgufFile::open(source)?;
-        let summary = gguf.summary()?;
-        aiaas_models::transformer::Architecture::parse(&summary.architecture)?;
         let id = match id {
             Some(id) => id.to_string(),
             None => default_id(source),
@@ -83,35 +86,26 @@ impl ModelRepository {
                 format!("a model with id `{id}` already exists; remove it first or pick --id"),
             ));
         }
+        let (files, mut manifest) = if source.is_dir() {
+            describe_sentence_folder(source)?
+        } else {
+            describe_gguf(source)?
+        };
+        manifest.id = id.clone();
+        manifest.source = origin.map(str::to_owned);
         // Build the folder under a temporary name so a failed import leaves nothing half-made.
         let staging = self.root.join(format!(".{id}.importing"));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging)
-            .map_err(EngineError::io(format!("creating {}", staging.display())))?;
-        let file = "model.gguf".to_string();
-        let target = staging.join(&file);
-        if std::fs::hard_link(source, &target).is_err() {
-            std::fs::copy(source, &target)
-                .map_err(EngineError::io(format!("copying {}", source.display())))?;
+        for (from, name) in &files {
+            let target = staging.join(name);
+            let parent = target.parent().expect("staged files have a parent");
+            std::fs::create_dir_all(parent)
+                .map_err(EngineError::io(format!("creating {}", parent.display())))?;
+            if std::fs::hard_link(from, &target).is_err() {
+                std::fs::copy(from, &target)
+                    .map_err(EngineError::io(format!("copying {}", from.display())))?;
+            }
         }
-        let manifest = ModelManifest {
-            id: id.clone(),
-            task: if summary.chat_template.is_some() {
-                Task::Chat
-            } else {
-                Task::Completion
-            },
-            format: "gguf".into(),
-            architecture: summary.architecture,
-            file,
-            context_length: summary.context_length,
-            parameters: summary.parameters,
-            quantization: summary.quantization,
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            source: origin.map(str::to_owned),
-        };
         manifest.write(&staging.join(MANIFEST_FILE))?;
         std::fs::rename(&staging, &dir).map_err(EngineError::io(format!(
             "moving the import into {}",
@@ -128,9 +122,68 @@ impl ModelRepository {
     }
 }
 
+/// A GGUF generator: the file to copy and its manifest (id and origin filled in by the caller).
+fn describe_gguf(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
+    let summary = GgufFile::open(source)?.summary()?;
+    aiaas_models::transformer::Architecture::parse(&summary.architecture)?;
+    let file = "model.gguf".to_string();
+    let manifest = ModelManifest {
+        id: String::new(),
+        task: if summary.chat_template.is_some() {
+            Task::Chat
+        } else {
+            Task::Completion
+        },
+        format: "gguf".into(),
+        architecture: summary.architecture,
+        file: file.clone(),
+        context_length: summary.context_length,
+        dimensions: None,
+        parameters: summary.parameters,
+        quantization: summary.quantization,
+        created: unix_now(),
+        source: None,
+    };
+    Ok((vec![(source.to_path_buf(), file)], manifest))
+}
+
+/// A sentence-transformers folder: loaded once to prove it works, then its files and manifest.
+fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
+    let encoder = SentenceEncoder::load(source)?;
+    let files = sentence::FOLDER_FILES
+        .iter()
+        .filter(|(name, required)| *required || source.join(name).is_file())
+        .map(|(name, _)| (source.join(name), name.to_string()))
+        .collect();
+    let manifest = ModelManifest {
+        id: String::new(),
+        task: Task::Embedding,
+        format: "safetensors".into(),
+        architecture: encoder.settings.config.model_type.clone(),
+        file: sentence::WEIGHTS_FILE.into(),
+        context_length: encoder.settings.max_tokens,
+        dimensions: Some(encoder.dimensions()),
+        parameters: encoder.parameter_count(),
+        quantization: "F32".into(),
+        created: unix_now(),
+        source: None,
+    };
+    Ok((files, manifest))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn default_id(source: &Path) -> String {
-    let stem = source
-        .file_stem()
+    let name = if source.is_dir() {
+        source.file_name()
+    } else {
+        source.file_stem()
+    };
+    let stem = name
         .map(|s| s.to_string_lossy().to_lowercase())
         .unwrap_or_else(|| "model".into());
     stem.chars()

@@ -17,40 +17,13 @@ const NEAR_TIE: f32 = 0.75;
 /// Prompts per model that must match llama.cpp for all their tokens.
 const FULL_MATCHES: usize = 5;
 
-use std::path::PathBuf;
-
-use aiaas_engine::catalog;
 use aiaas_engine::chat_template::{ChatMessage, ChatTemplate};
-use aiaas_engine::fetch;
 use aiaas_engine::generate::{Sampler, SamplingParams};
 use aiaas_models::{Decoder, GgufFile, KvCache, Tokenizer};
 use serde_json::Value;
 
-fn reference(model: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/reference")
-        .join(format!("{model}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// The model file, fetched into the cache if needed. A fetch failure fails the test, unless
-/// `AIAAS_ALLOW_MODEL_SKIP=1` turns it into a printed skip (for working offline).
-fn model_file(name: &str) -> Option<PathBuf> {
-    let entry = catalog::find(name).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    match runtime.block_on(fetch::fetch(entry)) {
-        Ok(path) => Some(path),
-        Err(e) if std::env::var("AIAAS_ALLOW_MODEL_SKIP").is_ok_and(|v| v == "1") => {
-            eprintln!(
-                "\n!!! SKIPPED real-model test for {name}: the model could not be fetched: {e}\n"
-            );
-            None
-        }
-        Err(e) => panic!(
-            "the model {name} could not be fetched ({e}); set AIAAS_ALLOW_MODEL_SKIP=1 to skip"
-        ),
-    }
-}
+mod common;
+use common::{model_file, reference};
 
 fn ids(value: &Value) -> Vec<u32> {
     value

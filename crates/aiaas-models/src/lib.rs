@@ -3,11 +3,15 @@
 //! This crate turns weight files into something that maps inputs to outputs. It knows nothing
 //! of queues, HTTP or keys: the engine drives it one forward pass at a time.
 
+pub mod bert;
 pub mod gguf;
+pub mod sentence;
 pub mod tokenizer;
 pub mod transformer;
 
+pub use bert::{BertConfig, BertEncoder, Pooling};
 pub use gguf::{GgufFile, GgufSummary};
+pub use sentence::{SentenceEncoder, SentenceSettings};
 pub use tokenizer::{TokenDecoder, Tokenizer};
 pub use transformer::{Decoder, DecoderConfig, KvCache};
 
@@ -22,7 +26,7 @@ pub enum ModelError {
     },
     #[error("not a usable GGUF file: {0}")]
     Format(String),
-    #[error("unsupported architecture `{0}` (supported: llama, qwen2, gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: llama, qwen2, gemma3, bert)")]
     UnsupportedArchitecture(String),
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),

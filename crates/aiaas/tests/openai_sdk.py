@@ -35,6 +35,19 @@ completion = client.completions.create(model=base_model, prompt="The quick brown
                                        temperature=0)
 assert completion.choices[0].text.startswith(" jumps over the lazy dog."), completion
 
+embedding_model = os.environ["EMBEDDING_MODEL"]
+# The SDK asks for base64 by default and decodes it itself.
+sentences = ["This is an example sentence", "Each sentence is converted"]
+embedded = client.embeddings.create(model=embedding_model, input=sentences)
+assert [d.index for d in embedded.data] == [0, 1], embedded
+first = embedded.data[0].embedding
+assert len(first) == 384 and abs(sum(v * v for v in first) - 1) < 1e-4, len(first)
+# all-MiniLM-L6-v2's published vector for this sentence (sentence-transformers).
+assert [round(v, 4) for v in first[:3]] == [0.0677, 0.0635, 0.0487], first[:3]
+assert embedded.usage.prompt_tokens == 13, embedded.usage
+as_floats = client.embeddings.create(model=embedding_model, input=sentences[0], encoding_format="float")
+assert as_floats.data[0].embedding == first
+
 try:
     client.chat.completions.create(model="no-such-model", messages=messages)
     raise AssertionError("expected a 404")

@@ -10,7 +10,7 @@ use axum::Extension;
 use serde_json::{json, Map, Value};
 
 use super::generation::{self, ChunkFormat};
-use super::types::{CompletionRequest, PromptField};
+use super::types::{CompletionRequest, TextsOrTokens};
 use super::validate;
 use super::{ApiError, AppJson};
 use crate::store::KeyRecord;
@@ -52,11 +52,11 @@ pub async fn create(
     let generator = state.generator_for(&key, &request.model).await?;
     let vocab = generator.tokenizer.vocab_size();
     let prompt = match request.prompt {
-        PromptField::Text(text) => generator.text_prompt(&text),
-        PromptField::Texts(texts) if texts.len() == 1 => generator.text_prompt(&texts[0]),
-        PromptField::Tokens(tokens) => tokens,
-        PromptField::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
-        PromptField::Texts(_) | PromptField::TokenLists(_) => {
+        TextsOrTokens::Text(text) => generator.text_prompt(&text),
+        TextsOrTokens::Texts(texts) if texts.len() == 1 => generator.text_prompt(&texts[0]),
+        TextsOrTokens::Tokens(tokens) => tokens,
+        TextsOrTokens::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
+        TextsOrTokens::Texts(_) | TextsOrTokens::TokenLists(_) => {
             return Err(ApiError::invalid(
                 "prompt",
                 "exactly one prompt per request is supported; send several requests",

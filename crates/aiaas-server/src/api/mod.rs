@@ -4,6 +4,7 @@
 mod admin;
 mod chat;
 mod completions;
+mod embeddings;
 mod error;
 mod generation;
 mod health;
@@ -28,6 +29,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/models/{id}", get(models::retrieve))
         .route("/chat/completions", post(chat::create))
         .route("/completions", post(completions::create))
+        .route("/embeddings", post(embeddings::create))
         // Every /v1 route, present and future, is keyed: the layer wraps them all.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

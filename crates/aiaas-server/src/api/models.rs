@@ -20,6 +20,7 @@ fn model_json(m: &ModelManifest) -> Value {
         "architecture": m.architecture,
         "format": m.format,
         "context_length": m.context_length,
+        "dimensions": m.dimensions,
         "parameters": m.parameters,
         "quantization": m.quantization,
     })

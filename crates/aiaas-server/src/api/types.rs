@@ -1,4 +1,4 @@
-//! OpenAI wire types for the generation routes: what clients send. Responses are built with
+//! OpenAI wire types for the generation and embedding routes: what clients send. Responses are built with
 //! `serde_json::json!` beside each route, where their shape is easiest to compare with OpenAI's.
 
 use serde::Deserialize;
@@ -69,7 +69,7 @@ pub struct ContentPart {
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
-    pub prompt: PromptField,
+    pub prompt: TextsOrTokens,
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
@@ -79,12 +79,40 @@ pub struct CompletionRequest {
     pub sampling: SamplingFields,
 }
 
-/// `prompt`: a string, a list of strings, a token list, or a list of token lists.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum PromptField {
+/// A completion's `prompt` or an embedding request's `input`: a string, a list of strings, a
+/// token list, or a list of token lists.
+#[derive(Debug)]
+pub enum TextsOrTokens {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for TextsOrTokens {
+    /// Tries each shape in turn, and names all of them when none fits (serde's untagged enums
+    /// only say "did not match any variant").
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let parsed = match &value {
+            serde_json::Value::String(text) => Some(Self::Text(text.clone())),
+            serde_json::Value::Array(items) => match items.first() {
+                None => Some(Self::Texts(Vec::new())),
+                Some(serde_json::Value::String(_)) => {
+                    serde_json::from_value(value.clone()).ok().map(Self::Texts)
+                }
+                Some(serde_json::Value::Array(_)) => serde_json::from_value(value.clone())
+                    .ok()
+                    .map(Self::TokenLists),
+                Some(_) => serde_json::from_value(value.clone()).ok().map(Self::Tokens),
+            },
+            _ => None,
+        };
+        parsed.ok_or_else(|| {
+            serde::de::Error::custom(
+                "expected a string, an array of strings, an array of token ids (non-negative \
+                 integers) or an array of such arrays",
+            )
+        })
+    }
 }

@@ -25,14 +25,13 @@ pub async fn run(command: ModelsCommand, settings: &Settings) -> anyhow::Result<
                 } else if repository.get(entry.name).is_ok() {
                     println!("{} is already in the repository", entry.name);
                 } else {
-                    let manifest =
-                        repository.import_gguf(&path, Some(entry.name), Some(entry.name))?;
+                    let manifest = repository.import(&path, Some(entry.name), Some(entry.name))?;
                     print_imported(&manifest);
                 }
             }
         }
         ModelsCommand::Import { path, id } => {
-            let manifest = repository.import_gguf(&path, id.as_deref(), None)?;
+            let manifest = repository.import(&path, id.as_deref(), None)?;
             print_imported(&manifest);
         }
         ModelsCommand::List => {

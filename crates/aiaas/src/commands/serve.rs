@@ -21,7 +21,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
             entry.name
         );
         let path = fetch::fetch(entry).await?;
-        repository.import_gguf(&path, Some(entry.name), Some(entry.name))?;
+        repository.import(&path, Some(entry.name), Some(entry.name))?;
     }
     let listen = settings.listen_address(&args)?;
     let engine = Arc::new(Engine::new(repository, WorkerLimits::default())?);

@@ -11,6 +11,7 @@ use serde_json::Value;
 pub const KEY: &str = "aiaas-test-key-for-integration";
 pub const SMOLLM: &str = "smollm2-135m-instruct";
 pub const GEMMA: &str = "gemma-3-270m";
+pub const MINILM: &str = "all-minilm-l6-v2";
 
 pub struct TestServer {
     pub base: String,
@@ -29,9 +30,7 @@ impl TestServer {
             let path = fetch::fetch(entry)
                 .await
                 .unwrap_or_else(|e| panic!("the model {name} could not be fetched: {e}"));
-            repository
-                .import_gguf(&path, Some(name), Some(name))
-                .unwrap();
+            repository.import(&path, Some(name), Some(name)).unwrap();
         }
         let (child, base) = spawn(&home);
         Self {

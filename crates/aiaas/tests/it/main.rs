@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod embeddings;
 mod errors;
 mod generation;
 mod limits;

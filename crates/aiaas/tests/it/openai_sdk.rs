@@ -2,11 +2,11 @@
 
 use std::process::Command;
 
-use crate::common::{TestServer, GEMMA, KEY, SMOLLM};
+use crate::common::{TestServer, GEMMA, KEY, MINILM, SMOLLM};
 
 #[tokio::test]
 async fn the_openai_python_sdk_works_unchanged() {
-    let server = TestServer::start(&[SMOLLM, GEMMA]).await;
+    let server = TestServer::start(&[SMOLLM, GEMMA, MINILM]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
     let python = std::env::var("AIAAS_PYTHON").unwrap_or_else(|_| "python3".into());
     let output = tokio::task::spawn_blocking({
@@ -18,6 +18,7 @@ async fn the_openai_python_sdk_works_unchanged() {
                 .env("OPENAI_API_KEY", KEY)
                 .env("CHAT_MODEL", SMOLLM)
                 .env("BASE_MODEL", GEMMA)
+                .env("EMBEDDING_MODEL", MINILM)
                 .output()
                 .expect("python3 must be installed (scripts/test installs the openai package)")
         }
