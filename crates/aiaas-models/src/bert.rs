@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::fast_math::{self, vectorized};
 use crate::{ModelError, Result};
 
 /// The `config.json` fields a BERT encoder needs.
@@ -290,11 +291,32 @@ impl BertEncoder {
         let x = layer
             .attention_norm
             .forward(&(layer.attention_out.forward(&context)? + x)?)?;
-        let inner = layer.up.forward(&x)?.gelu_erf()?;
+        let inner = dense_gelu(&layer.up, &x)?;
         layer
             .output_norm
             .forward(&(layer.down.forward(&inner)? + &x)?)
     }
+}
+
+/// `gelu(x · W + b)`, with the bias and activation fused into one vectorized pass per row.
+fn dense_gelu(dense: &Dense, x: &Tensor) -> Result<Tensor> {
+    let product = x.matmul(&dense.weight)?;
+    let shape = product.shape().clone();
+    let mut values = product.flatten_all()?.to_vec1::<f32>()?;
+    let bias = dense.bias.to_vec1::<f32>()?;
+    values.par_chunks_mut(bias.len() * 16).for_each(|rows| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for row in rows.chunks_exact_mut(bias.len()) {
+                    for (v, b) in row.iter_mut().zip(&bias) {
+                        *v = fast_math::gelu(*v + b);
+                    }
+                }
+            },
+        )
+    });
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
 fn mean_rows(rows: &[f32], width: usize) -> Vec<f32> {
@@ -324,51 +346,59 @@ fn attention(qkv: &[f32], lengths: &[usize], hidden: usize, heads: usize) -> Vec
     }
     pieces.into_par_iter().for_each(|(start, len, out)| {
         let rows = &qkv[start * 3 * hidden..(start + len) * 3 * hidden];
-        sequence_attention(rows, len, hidden, heads, out);
+        vectorized(
+            #[inline(always)]
+            || sequence_attention(rows, len, hidden, heads, out),
+        );
     });
     out
 }
 
+#[inline(always)]
 fn sequence_attention(rows: &[f32], len: usize, hidden: usize, heads: usize, out: &mut [f32]) {
     let head_dim = hidden / heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let stride = 3 * hidden;
     let mut scores = vec![0f32; len];
+    // One head's keys, transposed to `[head_dim][len]`: a query's scores then build up as
+    // `head_dim` vector updates over all keys at once, with no per-key horizontal sums.
+    let mut keys = vec![0f32; head_dim * len];
     for h in 0..heads {
         let (q_at, k_at, v_at) = (
             h * head_dim,
             hidden + h * head_dim,
             2 * hidden + h * head_dim,
         );
+        for s in 0..len {
+            for (d, &k) in rows[s * stride + k_at..][..head_dim].iter().enumerate() {
+                keys[d * len + s] = k;
+            }
+        }
         for t in 0..len {
             let query = &rows[t * stride + q_at..][..head_dim];
-            let mut max = f32::NEG_INFINITY;
-            for (s, score) in scores.iter_mut().enumerate() {
-                let key = &rows[s * stride + k_at..][..head_dim];
-                *score = dot(query, key) * scale;
-                max = max.max(*score);
+            scores.fill(0.0);
+            for (d, &q) in query.iter().enumerate() {
+                let q = q * scale;
+                for (score, &k) in scores.iter_mut().zip(&keys[d * len..][..len]) {
+                    *score += q * k;
+                }
             }
-            let mut sum = 0.0;
+            let max = fast_math::max(&scores);
             for score in &mut scores {
-                *score = (*score - max).exp();
-                sum += *score;
+                *score = fast_math::exp(*score - max);
             }
+            let norm = 1.0 / fast_math::sum(&scores);
             let target = &mut out[t * hidden + h * head_dim..][..head_dim];
             target.fill(0.0);
             for (s, &weight) in scores.iter().enumerate() {
                 let value = &rows[s * stride + v_at..][..head_dim];
-                let weight = weight / sum;
-                target
-                    .iter_mut()
-                    .zip(value)
-                    .for_each(|(o, v)| *o += weight * v);
+                let weight = weight * norm;
+                for (o, &v) in target.iter_mut().zip(value) {
+                    *o += weight * v;
+                }
             }
         }
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[cfg(test)]

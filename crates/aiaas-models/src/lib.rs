@@ -4,6 +4,7 @@
 //! of queues, HTTP or keys: the engine drives it one forward pass at a time.
 
 pub mod bert;
+mod fast_math;
 pub mod gguf;
 pub mod sentence;
 pub mod tokenizer;

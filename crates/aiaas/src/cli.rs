@@ -157,7 +157,7 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model id in the repository, or a path to a GGUF file.
+    /// Model id in the repository, a GGUF file, or a sentence-transformers folder.
     pub model: String,
     /// Prompt tokens processed in one pass (like llama-bench's pp).
     #[arg(long, default_value_t = 512)]
@@ -168,4 +168,10 @@ pub struct BenchArgs {
     /// Repetitions; the report gives the mean and spread.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
+    /// Embedding models: a file with one sentence per line.
+    #[arg(long)]
+    pub sentences: Option<std::path::PathBuf>,
+    /// Embedding models: sentences per batch, each measured in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    pub batch_sizes: Vec<usize>,
 }

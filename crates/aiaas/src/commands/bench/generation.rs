@@ -1,25 +1,16 @@
-//! `aiaas bench MODEL`: prompt processing (one pass over N tokens) and decode (one token at a
-//! time) throughput, measured like llama-bench's pp/tg so the two can be read side by side.
+//! Generators: prompt processing (one pass over N tokens) and decode (one token at a time)
+//! throughput, measured like llama-bench's pp/tg so the two can be read side by side.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
-use aiaas_engine::ModelRepository;
 use aiaas_models::{Decoder, GgufFile, KvCache};
 
+use super::mean_spread;
 use crate::cli::BenchArgs;
-use crate::config::Settings;
 
-pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
-    let path = PathBuf::from(&args.model);
-    let path = if path.is_file() {
-        path
-    } else {
-        let repository = ModelRepository::open(settings.models_dir())?;
-        let manifest = repository.get(&args.model)?;
-        repository.weights_path(&manifest)
-    };
-    let gguf = GgufFile::open(&path)?;
+pub fn run(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
+    let gguf = GgufFile::open(path)?;
     let decoder = Decoder::load(&gguf)?;
     // Fixed pseudo-random tokens: llama-bench also measures on random tokens.
     let vocab = decoder.vocab_size() as u64;
@@ -57,10 +48,4 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     println!("| pp{} | {} |", args.prompt_tokens, mean_spread(&prefill));
     println!("| tg{} | {} |", args.gen_tokens, mean_spread(&decode));
     Ok(())
-}
-
-fn mean_spread(samples: &[f64]) -> String {
-    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
-    let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / samples.len() as f64;
-    format!("{mean:.2} ± {:.2}", var.sqrt())
 }

@@ -1,0 +1,35 @@
+//! `aiaas bench MODEL`: throughput of one model in this process, without HTTP, printed as a
+//! Markdown table that `bench/` scripts set beside the reference implementations' figures.
+
+mod embedding;
+mod generation;
+
+use std::path::PathBuf;
+
+use aiaas_engine::{ModelRepository, Task};
+
+use crate::cli::BenchArgs;
+use crate::config::Settings;
+
+/// Benchmarks a repository model by id, a GGUF file, or a sentence-transformers folder.
+pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
+    let given = PathBuf::from(&args.model);
+    if given.is_dir() {
+        return embedding::run(args, &given);
+    }
+    if given.is_file() {
+        return generation::run(args, &given);
+    }
+    let repository = ModelRepository::open(settings.models_dir())?;
+    let manifest = repository.get(&args.model)?;
+    match manifest.task {
+        Task::Embedding => embedding::run(args, &repository.model_dir(&manifest)),
+        Task::Chat | Task::Completion => generation::run(args, &repository.weights_path(&manifest)),
+    }
+}
+
+fn mean_spread(samples: &[f64]) -> String {
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / samples.len() as f64;
+    format!("{mean:.2} ± {:.2}", var.sqrt())
+}
