@@ -14,6 +14,8 @@ use std::thread::JoinHandle;
 use aiaas_models::SentenceEncoder;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::in_use::InUse;
+use crate::metrics::ModelMetrics;
 use crate::{EngineError, ModelManifest, Result};
 
 /// OpenAI's limit on inputs per embeddings request.
@@ -46,6 +48,8 @@ pub enum EmbedInput {
 pub struct LoadedEmbedder {
     pub manifest: ModelManifest,
     encoder: Arc<SentenceEncoder>,
+    queue_depth: prometheus::IntGauge,
+    in_use: InUse,
     jobs: mpsc::Sender<EmbedJob>,
     /// Declared after `jobs`, so the channel closes (and the thread ends) before the join.
     _worker: WorkerThread,
@@ -61,12 +65,14 @@ impl LoadedEmbedder {
         manifest: ModelManifest,
         dir: &std::path::Path,
         limits: EmbedLimits,
+        metrics: ModelMetrics,
     ) -> Result<Self> {
         let started = std::time::Instant::now();
         let encoder = Arc::new(SentenceEncoder::load(dir)?);
         let (jobs, receiver) = mpsc::channel(limits.max_queued.max(1));
         let batcher = Batcher {
             encoder: encoder.clone(),
+            metrics: metrics.clone(),
             batch_tokens: limits.batch_tokens.max(encoder.settings.max_tokens),
         };
         let thread = std::thread::Builder::new()
@@ -77,9 +83,15 @@ impl LoadedEmbedder {
         Ok(Self {
             manifest,
             encoder,
+            queue_depth: metrics.queue_depth,
+            in_use: InUse::default(),
             jobs,
             _worker: WorkerThread(Some(thread)),
         })
+    }
+
+    pub(crate) fn in_use(&self) -> &InUse {
+        &self.in_use
     }
 
     pub fn dimensions(&self) -> usize {
@@ -96,10 +108,12 @@ impl LoadedEmbedder {
 
     /// Queues tokenized inputs for the batching worker and waits for their vectors, in order.
     pub async fn embed(&self, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let _in_use = self.in_use.enter();
         let (reply, receiver) = oneshot::channel();
         self.jobs
             .try_send(EmbedJob { sequences, reply })
             .map_err(|_| EngineError::Overloaded(self.manifest.id.clone()))?;
+        self.queue_depth.inc();
         receiver
             .await
             .map_err(|_| EngineError::Internal("the embedding worker stopped".into()))?
@@ -179,6 +193,7 @@ struct InFlight {
 
 struct Batcher {
     encoder: Arc<SentenceEncoder>,
+    metrics: ModelMetrics,
     batch_tokens: usize,
 }
 
@@ -196,7 +211,13 @@ impl Batcher {
                 waiting.push_back(InFlight::new(job));
             }
             // A caller that went away needs no vectors.
-            waiting.retain(|w| !w.job.reply.is_closed());
+            waiting.retain(|w| {
+                let gone = w.job.reply.is_closed();
+                if gone {
+                    self.metrics.queue_depth.dec();
+                }
+                !gone
+            });
             self.step(&mut waiting);
         }
     }
@@ -215,6 +236,8 @@ impl Batcher {
                 tokens += len;
             }
         }
+        self.metrics.batch_size.observe(picked.len() as f64);
+        self.metrics.prompt_tokens.inc_by(tokens as u64);
         let batch: Vec<&[u32]> = picked
             .iter()
             .map(|&(w, s)| waiting[w].job.sequences[s].as_slice())
@@ -235,6 +258,10 @@ impl Batcher {
         }
         let mut still_waiting = VecDeque::with_capacity(waiting.len());
         for request in waiting.drain(..) {
+            let done = request.failed || request.next == request.job.sequences.len();
+            if done {
+                self.metrics.queue_depth.dec();
+            }
             if request.failed {
                 let _ = request.job.reply.send(Err(EngineError::Internal(
                     "the embedding batch failed".into(),

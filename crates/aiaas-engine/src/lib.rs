@@ -2,23 +2,27 @@
 //!
 //! It knows tensors and sequences, not HTTP or keys. Each loaded generator has a worker thread
 //! that owns the sequences in flight and advances them step by step; callers talk to it through a
-//! bounded channel and receive events back.
+//! bounded channel and receive events back. `residency` decides which models are in memory.
 
 pub mod catalog;
 pub mod chat_template;
 pub mod embed;
 pub mod fetch;
 pub mod generate;
+mod in_use;
 pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod repository;
+pub mod residency;
 
 pub use embed::{EmbedInput, LoadedEmbedder};
+pub use generate::LoadedGenerator;
 pub use manifest::{ModelManifest, Task};
 pub use metrics::EngineMetrics;
-pub use registry::{Engine, LoadedGenerator};
+pub use registry::Engine;
 pub use repository::ModelRepository;
+pub use residency::{set_release_hook, ModelState, ModelStatus, ResidencyPolicy};
 
 /// Errors the engine reports; the API layer maps each to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,29 @@ pub enum EngineError {
     },
     #[error("The model `{0}` is busy: its request queue is full. Retry shortly.")]
     Overloaded(String),
+    #[error("The model `{model}` is loading. Retry in a moment.")]
+    Loading {
+        model: String,
+        retry_after_secs: u64,
+    },
+    #[error(
+        "The model `{model}` needs {} MiB of memory, and the models in use hold the rest of \
+         the {} MiB model memory budget. Retry shortly.", needed >> 20, budget >> 20
+    )]
+    ModelMemoryBusy {
+        model: String,
+        needed: u64,
+        budget: u64,
+    },
+    #[error(
+        "The model `{model}` needs {} MiB of memory, more than the whole model memory budget \
+         of {} MiB (--max-model-memory).", needed >> 20, budget >> 20
+    )]
+    ModelTooLarge {
+        model: String,
+        needed: u64,
+        budget: u64,
+    },
     #[error("model error: {0}")]
     Model(#[from] aiaas_models::ModelError),
     /// The model's chat template is unusable (not the caller's messages: those are

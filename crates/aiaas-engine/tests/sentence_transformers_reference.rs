@@ -14,7 +14,7 @@ const MODEL: &str = "all-minilm-l6-v2";
 use std::sync::Arc;
 
 use aiaas_engine::generate::WorkerLimits;
-use aiaas_engine::{EmbedInput, Engine, ModelRepository};
+use aiaas_engine::{EmbedInput, Engine, ModelRepository, ResidencyPolicy};
 use aiaas_models::SentenceEncoder;
 use serde_json::Value;
 
@@ -105,7 +105,12 @@ fn concurrent_callers_get_their_own_vectors_in_order() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cases = Arc::new(cases());
     runtime.block_on(async {
-        let engine = Engine::new(repository, WorkerLimits::default()).unwrap();
+        let engine = Engine::new(
+            repository,
+            WorkerLimits::default(),
+            ResidencyPolicy::default(),
+        )
+        .unwrap();
         let embedder = engine.embedder(MODEL).await.unwrap();
         // 24 callers at once, each with its own rotation and length of the case list, so the
         // worker packs pieces of different requests into shared batches.

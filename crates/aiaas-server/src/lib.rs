@@ -6,6 +6,7 @@ pub mod clock;
 pub mod gate;
 mod state;
 pub mod store;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,14 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
             created.key
         );
     }
+    engine.spawn_keep_alive();
+    let preloading = engine.clone();
+    tokio::spawn(async move {
+        // `/readyz` answers 503 until this is done.
+        if let Err(e) = preloading.preload().await {
+            tracing::error!("preloading failed; not ready: {e}");
+        }
+    });
     let state = AppState::new(engine, keys);
     let app = api::router(state, settings.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -7,20 +7,24 @@ use aiaas_engine::{Engine, LoadedGenerator};
 use crate::api::ApiError;
 use crate::gate::{Keys, Limiter};
 use crate::store::{KeyRecord, Store};
+use crate::telemetry::HttpMetrics;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub keys: Keys,
     pub limiter: Arc<Limiter>,
+    pub http_metrics: Arc<HttpMetrics>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, keys: Keys) -> Self {
+        let http_metrics = Arc::new(HttpMetrics::register(engine.metrics().registry()));
         Self {
             engine,
             keys,
             limiter: Arc::default(),
+            http_metrics,
         }
     }
 

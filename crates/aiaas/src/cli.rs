@@ -128,6 +128,23 @@ pub struct ServeArgs {
     /// Do not fetch the default chat model when the repository has no chat model.
     #[arg(long, env = "AIAAS_NO_DEFAULT_MODEL")]
     pub no_default_model: bool,
+    /// Models to load at start and keep loaded (comma-separated ids); `/readyz` waits for them.
+    #[arg(long, env = "AIAAS_PRELOAD", value_delimiter = ',')]
+    pub preload: Option<Vec<String>>,
+    /// Unload a model idle this many seconds (0: keep models until evicted or unloaded).
+    #[arg(long, env = "AIAAS_KEEP_ALIVE_SECS")]
+    pub keep_alive_secs: Option<u64>,
+    /// Memory loaded models may take together, like `4GiB` or `1500MB`; the least recently
+    /// used idle model is unloaded to make room.
+    #[arg(long, env = "AIAAS_MAX_MODEL_MEMORY")]
+    pub max_model_memory: Option<String>,
+    /// Seconds a request waits for its model to load before it gets 503 with Retry-After.
+    #[arg(long, env = "AIAAS_LOAD_WAIT_SECS")]
+    pub load_wait_secs: Option<u64>,
+    /// The most tokens one request may generate (default: up to the end of the context); a
+    /// request asking for more gets 400.
+    #[arg(long, env = "AIAAS_MAX_COMPLETION_TOKENS")]
+    pub max_completion_tokens: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use aiaas_engine::generate::WorkerLimits;
+use aiaas_engine::ResidencyPolicy;
 use anyhow::Context;
 use serde::Deserialize;
 
@@ -14,6 +18,10 @@ const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Seconds requests in flight may run on after SIGTERM/SIGINT.
 const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// Seconds an idle model stays loaded.
+const DEFAULT_KEEP_ALIVE_SECS: u64 = 15 * 60;
+/// Seconds a request waits for its model to load.
+const DEFAULT_LOAD_WAIT_SECS: u64 = 60;
 
 /// The optional `aiaas.toml` in the home folder.
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +32,11 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub log_json: Option<bool>,
     pub drain_timeout_secs: Option<u64>,
+    pub preload: Option<Vec<String>>,
+    pub keep_alive_secs: Option<u64>,
+    pub max_model_memory: Option<String>,
+    pub load_wait_secs: Option<u64>,
+    pub max_completion_tokens: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -85,6 +98,7 @@ impl Settings {
                 self.home.join("admin.key").display()
             ),
         };
+        let residency = self.residency(args)?;
         let lines = [
             "# effective configuration: flags > AIAAS_* environment > aiaas.toml > defaults"
                 .to_string(),
@@ -94,6 +108,20 @@ impl Settings {
             format!("max_body_bytes = {}", self.max_body_bytes()),
             format!("drain_timeout_secs = {}", self.drain_timeout().as_secs()),
             format!("log_json = {}", self.log_json),
+            format!("preload = {:?}", residency.preload),
+            format!(
+                "keep_alive_secs = {}",
+                residency.keep_alive.map_or(0, |d| d.as_secs())
+            ),
+            match residency.max_model_memory {
+                Some(bytes) => format!("max_model_memory = \"{bytes}B\""),
+                None => "# max_model_memory: unlimited".to_string(),
+            },
+            format!("load_wait_secs = {}", residency.load_wait.as_secs()),
+            match self.worker_limits(args).max_completion_tokens {
+                Some(cap) => format!("max_completion_tokens = {cap}"),
+                None => "# max_completion_tokens: up to the end of the context".to_string(),
+            },
             format!("api_key = {api_key}"),
             format!(
                 "model_cache = {:?}",
@@ -101,6 +129,48 @@ impl Settings {
             ),
         ];
         Ok(lines.join("\n"))
+    }
+
+    /// How generation workers run, with the server's cap on tokens per request.
+    pub fn worker_limits(&self, args: &ServeArgs) -> WorkerLimits {
+        WorkerLimits {
+            max_completion_tokens: args
+                .max_completion_tokens
+                .or(self.file.max_completion_tokens),
+            ..WorkerLimits::default()
+        }
+    }
+
+    /// Which models stay in memory and for how long.
+    pub fn residency(&self, args: &ServeArgs) -> anyhow::Result<ResidencyPolicy> {
+        let keep_alive_secs = args
+            .keep_alive_secs
+            .or(self.file.keep_alive_secs)
+            .unwrap_or(DEFAULT_KEEP_ALIVE_SECS);
+        let max_model_memory = args
+            .max_model_memory
+            .as_ref()
+            .or(self.file.max_model_memory.as_ref())
+            .map(|text| parse_size(text).with_context(|| "max_model_memory"))
+            .transpose()?;
+        Ok(ResidencyPolicy {
+            keep_alive: (keep_alive_secs > 0).then(|| Duration::from_secs(keep_alive_secs)),
+            max_model_memory,
+            load_wait: Duration::from_secs(
+                args.load_wait_secs
+                    .or(self.file.load_wait_secs)
+                    .unwrap_or(DEFAULT_LOAD_WAIT_SECS),
+            ),
+            preload: args
+                .preload
+                .clone()
+                .or_else(|| self.file.preload.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty())
+                .collect(),
+        })
     }
 
     pub fn drain_timeout(&self) -> std::time::Duration {
@@ -120,6 +190,32 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     }
 }
 
+/// A size in bytes: a number with an optional unit, decimal (`KB`, `MB`, `GB`, `TB`, or just
+/// `K`, `M`, `G`, `T`) or binary (`KiB`, `MiB`, `GiB`, `TiB`); case does not matter.
+fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a size like 4GiB or 1500MB"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => anyhow::bail!("`{other}` in `{text}` is not a size unit (KB, MiB, GB, ...)"),
+    };
+    Ok((number * multiplier as f64).round() as u64)
+}
+
 /// The recognisable start of a secret (at most a third of it, at most 10 characters), the
 /// rest starred out.
 fn mask(secret: &str) -> String {
@@ -132,6 +228,16 @@ fn mask(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_with_decimal_and_binary_units() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("1500MB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("0.5 gb").unwrap(), 500_000_000);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4 parsecs").is_err());
+    }
 
     #[test]
     fn secrets_are_masked() {

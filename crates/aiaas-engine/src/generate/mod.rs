@@ -1,10 +1,12 @@
 //! Text generation: validated requests, the events a generation emits, and the worker that runs
 //! them.
 
+mod loaded;
 mod sampler;
 mod stop;
 mod worker;
 
+pub use loaded::LoadedGenerator;
 pub use sampler::{Sampler, SamplingParams, TokenLogprob, TopLogprob};
 pub use stop::{StopMatcher, StopScan};
 pub use worker::{GenerationWorker, WorkerLimits};
@@ -20,6 +22,10 @@ pub struct GenerationJob {
     /// Receives the tokens really processed when the generation ends in any way: finished,
     /// failed, or cancelled because the caller left (metering counts what was generated).
     pub usage: Option<oneshot::Sender<GenerationUsage>>,
+    /// When the job was handed to the model, for time-to-first-token.
+    pub submitted: std::time::Instant,
+    /// Marks the model busy until the job is dropped (finished, failed or cancelled).
+    pub in_use: crate::in_use::InUseGuard,
 }
 
 /// A started generation: its events and, at the end, its token counts.

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use aiaas_models::{Decoder, KvCache, TokenDecoder, Tokenizer};
 use tokio::sync::mpsc;
@@ -16,7 +17,8 @@ use super::{
     Event, FinishReason, Finished, GenerationJob, GenerationUsage, Sampler, StopMatcher, StopScan,
     TokenEvent,
 };
-use crate::{EngineError, EngineMetrics, Result};
+use crate::metrics::ModelMetrics;
+use crate::{EngineError, Result};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerLimits {
@@ -26,6 +28,8 @@ pub struct WorkerLimits {
     pub max_queued: usize,
     /// Prompt tokens processed per step of a prefilling sequence.
     pub prefill_chunk: usize,
+    /// The most tokens one request may generate; `None`: up to the end of the context.
+    pub max_completion_tokens: Option<usize>,
 }
 
 impl Default for WorkerLimits {
@@ -34,12 +38,14 @@ impl Default for WorkerLimits {
             max_active: 16,
             max_queued: 64,
             prefill_chunk: 256,
+            max_completion_tokens: None,
         }
     }
 }
 
 pub struct GenerationWorker {
     model_id: String,
+    queue_depth: prometheus::IntGauge,
     jobs: Option<mpsc::Sender<GenerationJob>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -50,14 +56,14 @@ impl GenerationWorker {
         decoder: Arc<Decoder>,
         tokenizer: Arc<Tokenizer>,
         limits: WorkerLimits,
-        metrics: Arc<EngineMetrics>,
+        metrics: ModelMetrics,
     ) -> Result<Self> {
         let (jobs, receiver) = mpsc::channel(limits.max_queued.max(1));
         let runner = Runner {
             decoder,
             tokenizer,
             limits,
-            metrics,
+            metrics: metrics.clone(),
             model_id: model_id.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -66,6 +72,7 @@ impl GenerationWorker {
             .map_err(EngineError::io("starting the generation worker"))?;
         Ok(Self {
             model_id,
+            queue_depth: metrics.queue_depth,
             jobs: Some(jobs),
             thread: Some(thread),
         })
@@ -77,17 +84,28 @@ impl GenerationWorker {
             .as_ref()
             .expect("the sender lives until drop. This is a bug.");
         jobs.try_send(job)
-            .map_err(|_| EngineError::Overloaded(self.model_id.clone()))
+            .map_err(|_| EngineError::Overloaded(self.model_id.clone()))?;
+        self.queue_depth.inc();
+        Ok(())
+    }
+}
+
+impl GenerationWorker {
+    /// Stops taking jobs and waits for the thread to finish its sequences and exit, which
+    /// frees the model's weights. Blocking.
+    pub fn shutdown(mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 impl Drop for GenerationWorker {
     fn drop(&mut self) {
-        // Closing the channel lets the thread finish its sequences and exit.
+        // Closing the channel lets the thread finish its sequences and exit on its own; a drop
+        // may happen on an async thread, which must not wait for that.
         self.jobs.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -105,7 +123,7 @@ struct Runner {
     decoder: Arc<Decoder>,
     tokenizer: Arc<Tokenizer>,
     limits: WorkerLimits,
-    metrics: Arc<EngineMetrics>,
+    metrics: ModelMetrics,
     model_id: String,
 }
 
@@ -118,6 +136,8 @@ struct Sequence {
     generated: usize,
     text: TokenDecoder,
     stop: StopMatcher,
+    /// When the last token was sent, for inter-token latency.
+    last_token_at: Option<Instant>,
 }
 
 enum Step {
@@ -143,18 +163,20 @@ impl Runner {
                 let Some(job) = waiting.pop_front() else {
                     break;
                 };
+                self.metrics.queue_depth.dec();
                 if job.events.is_closed() {
                     self.cancelled(0);
                     continue;
                 }
                 active.push(self.admit(job));
             }
+            self.metrics.batch_size.observe(active.len() as f64);
             active.retain_mut(|seq| matches!(self.step(seq), Step::Continue));
         }
     }
 
     fn admit(&self, job: GenerationJob) -> Sequence {
-        EngineMetrics::add(&self.metrics.prompt_tokens, job.prompt.len() as u64);
+        self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
         Sequence {
             sampler: Sampler::new(job.params.clone()),
             stop: StopMatcher::new(job.params.stop.clone()),
@@ -163,12 +185,13 @@ impl Runner {
             last_token: 0,
             generated: 0,
             text: TokenDecoder::default(),
+            last_token_at: None,
             job,
         }
     }
 
     fn cancelled(&self, generated: usize) {
-        EngineMetrics::add(&self.metrics.generations_cancelled, 1);
+        self.metrics.generations_cancelled.inc();
         tracing::info!(
             model = %self.model_id,
             generated,
@@ -211,7 +234,18 @@ impl Runner {
         let (token, logprob) = seq.sampler.sample(&mut logits);
         seq.generated += 1;
         seq.last_token = token;
-        EngineMetrics::add(&self.metrics.generated_tokens, 1);
+        self.metrics.generated_tokens.inc();
+        let now = Instant::now();
+        match seq.last_token_at.replace(now) {
+            None => self
+                .metrics
+                .time_to_first_token
+                .observe((now - seq.job.submitted).as_secs_f64()),
+            Some(last) => self
+                .metrics
+                .inter_token_latency
+                .observe((now - last).as_secs_f64()),
+        }
 
         if self.tokenizer.is_end_of_generation(token) {
             return Ok(self.finish(seq, FinishReason::Stop, String::new()));
@@ -246,7 +280,7 @@ impl Runner {
     }
 
     fn finish(&self, seq: &mut Sequence, reason: FinishReason, text: String) -> Step {
-        EngineMetrics::add(&self.metrics.generations_finished, 1);
+        self.metrics.generations_finished.inc();
         let _ = seq.job.events.send(Event::Finished(Finished {
             reason,
             text,

@@ -16,6 +16,12 @@ use super::{ApiError, AppJson};
 use crate::store::KeyRecord;
 use crate::AppState;
 
+/// A reply to a conversation, rendered through the model's chat template.
+#[utoipa::path(post, path = "/chat/completions", tag = "openai",
+    request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion in OpenAI's shape; with `stream`, its chunks as \
+        server-sent events ending in `data: [DONE]`",
+        content((serde_json::Value = "application/json"), (String = "text/event-stream")))))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(key): Extension<KeyRecord>,

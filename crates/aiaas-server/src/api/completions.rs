@@ -21,6 +21,12 @@ const MAX_LOGPROBS: i64 = 5;
 /// OpenAI's default completion budget for this route.
 const DEFAULT_MAX_TOKENS: i64 = 16;
 
+/// A continuation of a raw prompt.
+#[utoipa::path(post, path = "/completions", tag = "openai",
+    request_body = CompletionRequest,
+    responses((status = 200, description = "The completion in OpenAI's shape; with `stream`, its chunks as \
+        server-sent events ending in `data: [DONE]`",
+        content((serde_json::Value = "application/json"), (String = "text/event-stream")))))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(key): Extension<KeyRecord>,

@@ -14,12 +14,14 @@ use super::types::TextsOrTokens;
 use super::{ApiError, AppJson};
 use crate::gate::{Meter, Metered};
 use crate::store::KeyRecord;
+use crate::telemetry::ModelLabel;
 use crate::AppState;
 
 const ROUTE: &str = "/v1/embeddings";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
+    #[schema(example = "all-minilm-l6-v2")]
     pub model: String,
     pub input: TextsOrTokens,
     pub encoding_format: Option<String>,
@@ -33,6 +35,10 @@ enum Encoding {
     Base64,
 }
 
+/// Vectors for texts or token lists, in input order.
+#[utoipa::path(post, path = "/embeddings", tag = "openai", request_body = EmbeddingRequest,
+    responses((status = 200, description = "The vectors in OpenAI's shape, as float arrays or \
+        base64 strings", body = serde_json::Value)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(key): Extension<KeyRecord>,
@@ -106,11 +112,12 @@ pub async fn create(
     let body = json!({
         "object": "list",
         "data": data,
-        "model": request.model,
+        "model": &request.model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
     let mut response = axum::Json(body).into_response();
     response.extensions_mut().insert(Metered);
+    response.extensions_mut().insert(ModelLabel(request.model));
     Ok(response)
 }
 

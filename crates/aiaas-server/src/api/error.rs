@@ -7,7 +7,26 @@ use crate::gate::LimitError;
 use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response, as OpenAI shapes it.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    message: String,
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    kind: &'static str,
+    /// The request field at fault, if one is.
+    param: Option<&'static str>,
+    /// A stable code to branch on, like `model_not_found` or `rate_limit_exceeded`.
+    code: Option<&'static str>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -117,6 +136,24 @@ impl ApiError {
                     None,
                     Some("overloaded"),
                 ),
+                EngineError::Loading { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("model"),
+                    Some("model_loading"),
+                ),
+                EngineError::ModelMemoryBusy { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("model"),
+                    Some("model_memory_busy"),
+                ),
+                EngineError::ModelTooLarge { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("model"),
+                    Some("model_too_large"),
+                ),
                 EngineError::Model(_)
                 | EngineError::Template(_)
                 | EngineError::Internal(_)
@@ -143,8 +180,14 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body =
-            json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message,
+                kind,
+                param,
+                code,
+            },
+        };
         let retry_after = match &self {
             Self::Limit(LimitError::Requests { retry_after, .. })
             | Self::Limit(LimitError::Tokens { retry_after, .. }) => {
@@ -153,6 +196,11 @@ impl IntoResponse for ApiError {
             // A quota resets with the calendar; a minute is a polite interval to check back.
             Self::Limit(LimitError::Quota { .. }) => Some(60),
             Self::Engine(EngineError::Overloaded(_)) => Some(1),
+            Self::Engine(EngineError::Loading {
+                retry_after_secs, ..
+            }) => Some(*retry_after_secs),
+            // Models in use finish their requests within seconds to minutes.
+            Self::Engine(EngineError::ModelMemoryBusy { .. }) => Some(5),
             _ => None,
         };
         let mut response = (status, axum::Json(body)).into_response();

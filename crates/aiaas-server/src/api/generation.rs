@@ -18,10 +18,12 @@ use super::validate::ValidSampling;
 use super::ApiError;
 use crate::gate::{Meter, Metered};
 use crate::store::KeyRecord;
+use crate::telemetry::ModelLabel;
 use crate::AppState;
 
 /// A generation in flight and the task that will meter it.
 pub struct Started {
+    pub model: String,
     pub events: UnboundedReceiver<Event>,
     pub metering: JoinHandle<()>,
 }
@@ -43,6 +45,7 @@ pub async fn start_metered(
     let generation = generator.start(prompt, sampling.max_tokens, sampling.params.clone())?;
     let meter = Meter::new(state, key, &generator.manifest.id, route, started);
     Ok(Started {
+        model: generator.manifest.id.clone(),
         events: generation.events,
         metering: meter.spawn(generation.usage, reservation),
     })
@@ -56,6 +59,7 @@ pub async fn respond<F: ChunkFormat>(
     sampling: &ValidSampling,
     body: impl FnOnce(&F, Collected) -> Value,
 ) -> Response {
+    let model = ModelLabel(started.model.clone());
     let mut response = if sampling.stream {
         stream(format, started, sampling.include_usage).into_response()
     } else {
@@ -69,6 +73,7 @@ pub async fn respond<F: ChunkFormat>(
         }
     };
     response.extensions_mut().insert(Metered);
+    response.extensions_mut().insert(model);
     response
 }
 

@@ -1,65 +1,38 @@
-//! Open routes: liveness and Prometheus metrics. They reveal no model content or keys.
+//! Open routes: liveness and readiness. They reveal no model content or keys.
 
-use std::fmt::Write;
-
-use aiaas_engine::EngineMetrics;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
 use crate::AppState;
 
+/// The process lives.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{status: ok}`", body = serde_json::Value)))]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready to serve: the database answers. 503 otherwise, so a balancer stops sending traffic.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "`{status: ready}`", body = serde_json::Value),
+    (status = 503, description = "`{status: unavailable, reason}`", body = serde_json::Value)))]
+/// Ready to serve: the database answers and every preloaded model is in memory. 503
+/// otherwise, so a balancer sends no traffic yet.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store().ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Err(e) => {
-            tracing::error!("not ready: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "reason": "database"})),
-            )
-        }
+    let unavailable = |reason: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": reason})),
+        )
+    };
+    if let Err(e) = state.store().ping().await {
+        tracing::error!("not ready: {e}");
+        return unavailable("database");
     }
-}
-
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let m = state.engine.metrics();
-    let counters = [
-        (
-            "aiaas_prompt_tokens_total",
-            "Prompt tokens admitted to generation.",
-            &m.prompt_tokens,
-        ),
-        (
-            "aiaas_generated_tokens_total",
-            "Tokens generated.",
-            &m.generated_tokens,
-        ),
-        (
-            "aiaas_generations_finished_total",
-            "Generations that ran to a stop or a length limit.",
-            &m.generations_finished,
-        ),
-        (
-            "aiaas_generations_cancelled_total",
-            "Generations stopped because the client went away.",
-            &m.generations_cancelled,
-        ),
-    ];
-    let mut body = String::new();
-    for (name, help, counter) in counters {
-        let _ = writeln!(
-            body,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            EngineMetrics::get(counter)
-        );
+    if !state.engine.is_ready() {
+        return unavailable("preloading models");
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    (StatusCode::OK, Json(json!({"status": "ready"})))
 }

@@ -1,5 +1,6 @@
 //! HTTP surfaces. `/v1` is OpenAI-compatible and keyed; `/admin` needs an admin key;
-//! `/healthz` and `/metrics` are open.
+//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are open. Every route is registered
+//! with its OpenAPI description (`openapi`).
 
 mod admin;
 mod chat;
@@ -10,54 +11,77 @@ mod generation;
 mod health;
 mod json;
 mod models;
+mod openapi;
+mod params;
 mod types;
 mod validate;
 
+use std::sync::Arc;
+
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use json::{AppJson, BodyLimit};
 
-use crate::{gate, AppState};
+use crate::{gate, telemetry, AppState};
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let v1 = Router::new()
-        .route("/models", get(models::list))
-        .route("/models/{id}", get(models::retrieve))
-        .route("/chat/completions", post(chat::create))
-        .route("/completions", post(completions::create))
-        .route("/embeddings", post(embeddings::create))
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(models::list))
+        .routes(routes!(models::retrieve))
+        .routes(routes!(chat::create))
+        .routes(routes!(completions::create))
+        .routes(routes!(embeddings::create))
         // Every /v1 route, present and future, is keyed: the layer wraps them all.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             gate::require_key,
         ));
-    let admin = Router::new()
-        .route("/keys", get(admin::list_keys).post(admin::create_key))
-        .route("/keys/{id}/revoke", post(admin::revoke_key))
-        .route("/keys/{id}/rotate", post(admin::rotate_key))
-        .route("/usage", get(admin::usage))
-        .route("/audit", get(admin::audit))
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::list_keys, admin::create_key))
+        .routes(routes!(admin::revoke_key))
+        .routes(routes!(admin::rotate_key))
+        .routes(routes!(admin::usage))
+        .routes(routes!(admin::audit))
+        .routes(routes!(models::load))
+        .routes(routes!(models::unload))
         // The last layer runs first: the key is checked, then that it is an admin's.
         .route_layer(middleware::from_fn(gate::require_admin))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             gate::require_key,
         ));
-    Router::new()
-        .nest("/v1", v1)
-        .nest("/admin", admin)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let open = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(telemetry::metrics))
+        .routes(routes!(openapi::document));
+    let track = || middleware::from_fn_with_state(state.clone(), telemetry::track);
+    let (routes, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/v1", v1.route_layer(track()))
+        .nest("/admin", admin.route_layer(track()))
+        .merge(open.route_layer(track()))
+        .split_for_parts();
+    openapi::add_keys_and_errors(&mut document);
+    routes
         .fallback(unknown_route)
+        .layer(axum::Extension(openapi::Served(Arc::new(document))))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(BodyLimit(max_body_bytes)))
-        // Every response carries `x-request-id`: the caller's, or a new UUID.
+        // Every response carries `x-request-id`: the caller's, or a new UUID; every log line
+        // of a request runs in a span that carries it.
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }

@@ -2,23 +2,26 @@
 //! `serde_json::json!` beside each route, where their shape is easiest to compare with OpenAI's.
 
 use serde::Deserialize;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 /// `stop`: one string or a list of strings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Sampling fields shared by chat and completions requests.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
     pub max_tokens: Option<i64>,
     pub temperature: Option<f32>,
@@ -33,8 +36,9 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    #[schema(example = "smollm2-135m-instruct")]
     pub model: String,
     pub messages: Vec<ChatMessageIn>,
     pub max_completion_tokens: Option<i64>,
@@ -44,7 +48,7 @@ pub struct ChatCompletionRequest {
     pub sampling: SamplingFields,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
@@ -52,22 +56,23 @@ pub struct ChatMessageIn {
 }
 
 /// Message content: a string, or a list of parts of which only text is understood here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    #[schema(example = "smollm2-135m-instruct")]
     pub model: String,
     pub prompt: TextsOrTokens,
     pub logprobs: Option<i64>,
@@ -116,3 +121,27 @@ impl<'de> Deserialize<'de> for TextsOrTokens {
         })
     }
 }
+
+/// The four shapes `TextsOrTokens` reads, for the API document (its parser is hand-written).
+impl PartialSchema for TextsOrTokens {
+    fn schema() -> RefOr<Schema> {
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let token = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+        };
+        let tokens = || ArrayBuilder::new().items(token());
+        OneOfBuilder::new()
+            .item(text())
+            .item(ArrayBuilder::new().items(text()))
+            .item(tokens())
+            .item(ArrayBuilder::new().items(tokens()))
+            .description(Some(
+                "A string, an array of strings, an array of token ids, or an array of such arrays",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TextsOrTokens {}

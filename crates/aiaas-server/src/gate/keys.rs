@@ -24,7 +24,7 @@ pub const KEY_PREFIX: &str = "aiaas-";
 const ADMIN_KEY_FILE: &str = "admin.key";
 
 /// What a new key may do; every limit is optional.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeySpec {
     pub name: String,
     /// Model ids the key may use; empty or `["*"]` means all.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Result, Store};
 
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
@@ -59,7 +59,7 @@ struct UsageRow {
     latency_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageGrouping {
     Day,
@@ -67,16 +67,18 @@ pub enum UsageGrouping {
     Model,
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageFilter {
     pub key: Option<String>,
     pub model: Option<String>,
     /// Unix seconds.
     pub since: Option<i64>,
+    #[param(inline)]
     pub by: Option<UsageGrouping>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageGroup {
     /// The day (`YYYY-MM-DD`), key id or model id of the group; `all` without grouping.
     pub group: String,
@@ -88,7 +90,7 @@ pub struct UsageGroup {
     pub latency_p99_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: i64,

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use aiaas_engine::catalog::{self, DEFAULT_CHAT_MODEL};
-use aiaas_engine::generate::WorkerLimits;
 use aiaas_engine::{fetch, Engine, ModelRepository, Task};
 use aiaas_server::ServerSettings;
 
@@ -24,7 +23,12 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
         repository.import(&path, Some(entry.name), Some(entry.name))?;
     }
     let listen = settings.listen_address(&args)?;
-    let engine = Arc::new(Engine::new(repository, WorkerLimits::default())?);
+    let residency = settings.residency(&args)?;
+    let engine = Arc::new(Engine::new(
+        repository,
+        settings.worker_limits(&args),
+        residency,
+    )?);
     aiaas_server::serve(
         ServerSettings {
             home: settings.home.clone(),

@@ -22,6 +22,20 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(models: &[&str]) -> Self {
+        Self::launch(models, false, "").await
+    }
+
+    /// Like `start`, with the server's log (stderr) written to `server.log` in its home.
+    pub async fn start_logging(models: &[&str]) -> Self {
+        Self::launch(models, true, "").await
+    }
+
+    /// Like `start`, with `config` as the home's `aiaas.toml`.
+    pub async fn start_configured(models: &[&str], config: &str) -> Self {
+        Self::launch(models, false, config).await
+    }
+
+    async fn launch(models: &[&str], capture_log: bool, config: &str) -> Self {
         let home =
             std::env::temp_dir().join(format!("aiaas-it-{}-{}", std::process::id(), rand_suffix()));
         let repository = ModelRepository::open(home.join("models")).unwrap();
@@ -32,7 +46,9 @@ impl TestServer {
                 .unwrap_or_else(|e| panic!("the model {name} could not be fetched: {e}"));
             repository.import(&path, Some(name), Some(name)).unwrap();
         }
-        let (child, base) = spawn(&home);
+        std::fs::write(home.join("aiaas.toml"), config).unwrap();
+        let log = capture_log.then(|| home.join("server.log"));
+        let (child, base) = spawn(&home, log.as_deref());
         Self {
             base,
             home,
@@ -41,12 +57,19 @@ impl TestServer {
         }
     }
 
+    /// Stops the server (SIGTERM, then waits) and returns what it logged (`start_logging`).
+    pub async fn stop_and_read_log(mut self) -> String {
+        self.terminate();
+        self.exit_status().await;
+        std::fs::read_to_string(self.home.join("server.log")).unwrap()
+    }
+
     /// Kills the server with SIGKILL (no chance to flush anything) and starts it again on the
     /// same home folder.
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        let (child, base) = spawn(&self.home);
+        let (child, base) = spawn(&self.home, None);
         self.child = child;
         self.base = base;
     }
@@ -174,29 +197,45 @@ impl TestServer {
             .collect()
     }
 
+    /// The sum of every series of the counter or gauge `name` (all label sets); 0 before any
+    /// series exists (per-model series appear when their model loads).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .client
+        let text = self.metrics_text().await;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let series_name = series.split('{').next()?;
+                (series_name == name).then(|| value.parse().ok())?
+            })
+            .collect();
+        values.iter().sum::<f64>() as u64
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+            .unwrap()
     }
 }
 
-fn spawn(home: &std::path::Path) -> (Child, String) {
+fn spawn(home: &std::path::Path, log: Option<&std::path::Path>) -> (Child, String) {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::inherit(),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_aiaas"))
         .args(["serve", "--port", "0", "--no-default-model"])
         .env("AIAAS_HOME", home)
         .env("AIAAS_API_KEY", KEY)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

@@ -1,0 +1,33 @@
+//! Path and query extractors whose failures are OpenAI-shaped 400s (axum's own answer in plain
+//! text, which clients and the API document do not expect).
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::FromRequestParts;
+
+use super::ApiError;
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct AppPath<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct AppQuery<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::InvalidRequest {
+            message: format!("invalid path: {}", rejection.body_text()),
+            param: None,
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::InvalidRequest {
+            message: format!("invalid query: {}", rejection.body_text()),
+            param: None,
+        }
+    }
+}
