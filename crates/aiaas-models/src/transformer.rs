@@ -128,17 +128,73 @@ pub struct Decoder {
     device: Device,
 }
 
-/// One sequence's attention keys and values (f16), layer by layer: `(n_kv_head, tokens, head_dim)`.
+/// One sequence's attention keys and values (f16), layer by layer.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     len: usize,
+    /// The most positions the cache will hold: the model's context length.
+    limit: usize,
+}
+
+/// One layer's keys and values, `(n_kv_head, capacity, head_dim)`, filled up to the sequence's
+/// length. Written in place and grown by doubling, so a sequence of n tokens copies O(n) cache
+/// entries in all (appending by concatenation copied the whole cache at every token: O(n²)).
+struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+}
+
+/// Positions a layer cache starts with.
+const MIN_CACHE_CAPACITY: usize = 64;
+
+impl LayerCache {
+    /// Writes `keys` and `values` (`(n_kv_head, t, head_dim)`) at position `pos` of `slot`,
+    /// growing it if needed, and returns views of every position so far.
+    fn append(
+        slot: &mut Option<Self>,
+        keys: &Tensor,
+        values: &Tensor,
+        pos: usize,
+        limit: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let filled = pos + keys.dim(1)?;
+        let capacity = slot.as_ref().map_or(Ok(0), |cache| cache.keys.dim(1))?;
+        if filled > capacity {
+            let grown = filled
+                .next_power_of_two()
+                .max(MIN_CACHE_CAPACITY)
+                .min(limit.max(filled));
+            let (heads, _, dim) = keys.dims3()?;
+            let empty = || Tensor::zeros((heads, grown, dim), keys.dtype(), keys.device());
+            let cache = Self {
+                keys: empty()?,
+                values: empty()?,
+            };
+            if let Some(old) = slot.take() {
+                let kept = |t: &Tensor| t.narrow(1, 0, pos)?.contiguous();
+                cache.keys.slice_set(&kept(&old.keys)?, 1, 0)?;
+                cache.values.slice_set(&kept(&old.values)?, 1, 0)?;
+            }
+            *slot = Some(cache);
+        }
+        let cache = slot.as_ref().expect("the cache exists: set above");
+        cache.keys.slice_set(keys, 1, pos)?;
+        cache.values.slice_set(values, 1, pos)?;
+        Ok((
+            cache.keys.narrow(1, 0, filled)?,
+            cache.values.narrow(1, 0, filled)?,
+        ))
+    }
 }
 
 impl KvCache {
     pub fn new(config: &DecoderConfig) -> Self {
         Self {
-            layers: vec![None; config.n_layer],
+            layers: std::iter::repeat_with(|| None)
+                .take(config.n_layer)
+                .collect(),
             len: 0,
+            limit: config.context_length,
         }
     }
 
@@ -267,13 +323,14 @@ impl Decoder {
             None
         };
         let eps = self.config.rms_eps;
+        let limit = cache.limit;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
             let rope = match (&local_rope, layer.attention.local_rope) {
                 (Some(local), true) => local,
                 _ => &global_rope,
             };
-            let mut a = self.attention(&layer.attention, &h, pos, kv, rope)?;
+            let mut a = self.attention(&layer.attention, &h, pos, kv, limit, rope)?;
             if let Some(norm) = &layer.post_attn_norm {
                 a = rms_norm(&a, norm, eps)?;
             }
@@ -301,7 +358,8 @@ impl Decoder {
         attn: &Attention,
         h: &Tensor,
         pos: usize,
-        kv: &mut Option<(Tensor, Tensor)>,
+        kv: &mut Option<LayerCache>,
+        limit: usize,
         rope: &Rotary,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -333,14 +391,7 @@ impl Decoder {
         let q = round_f16(&self.apply_rotary(&q, rope)?)?;
         let k = self.apply_rotary(&k, rope)?.to_dtype(DType::F16)?;
         let v = v.to_dtype(DType::F16)?;
-        let (k, v) = match kv.take() {
-            Some((k_cache, v_cache)) => (
-                Tensor::cat(&[&k_cache, &k], 1)?,
-                Tensor::cat(&[&v_cache, &v], 1)?,
-            ),
-            None => (k, v),
-        };
-        *kv = Some((k.clone(), v.clone()));
+        let (k, v) = LayerCache::append(kv, &k, &v, pos, limit)?;
         let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         let kv_len = k.dim(1)?;
 
@@ -451,6 +502,38 @@ fn attention_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_layer_cache_holds_every_appended_position_across_growth() {
+        let piece = |t: usize, start: f32| {
+            let values: Vec<f32> = (0..2 * t * 4).map(|i| start + i as f32).collect();
+            Tensor::from_vec(values, (2, t, 4), &Device::Cpu).unwrap()
+        };
+        // A prompt, a chunk that forces growth past the first capacity, then single tokens.
+        let pieces = [
+            piece(3, 0.0),
+            piece(70, 1000.0),
+            piece(1, 5000.0),
+            piece(1, 6000.0),
+        ];
+        let mut slot = None;
+        let mut pos = 0;
+        for (i, p) in pieces.iter().enumerate() {
+            let (keys, values) =
+                LayerCache::append(&mut slot, p, &(p * 2.0).unwrap(), pos, 100).unwrap();
+            pos += p.dim(1).unwrap();
+            let so_far: Vec<&Tensor> = pieces[..=i].iter().collect();
+            let expected = Tensor::cat(&so_far, 1).unwrap();
+            assert_eq!(
+                keys.to_vec3::<f32>().unwrap(),
+                expected.to_vec3::<f32>().unwrap()
+            );
+            let doubled = (expected * 2.0).unwrap().to_vec3::<f32>().unwrap();
+            assert_eq!(values.to_vec3::<f32>().unwrap(), doubled);
+        }
+        // Grown to the context limit, not beyond.
+        assert_eq!(slot.unwrap().keys.dim(1).unwrap(), 100);
+    }
 
     #[test]
     fn causal_mask_hides_future_keys_and_repeats_per_group() {
