@@ -12,9 +12,10 @@ use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
 
+use crate::linear::Linear;
 use crate::{GgufFile, ModelError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +95,10 @@ impl DecoderConfig {
 }
 
 struct Attention {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     /// Qwen2's projections carry biases.
     biases: Option<[Tensor; 3]>,
     /// Gemma 3 normalises each query and key head.
@@ -111,9 +112,9 @@ struct Layer {
     attention: Attention,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     post_ffn_norm: Option<Tensor>,
 }
 
@@ -123,7 +124,7 @@ pub struct Decoder {
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     vocab_size: usize,
     device: Device,
 }
@@ -259,9 +260,7 @@ impl Decoder {
             let post_ffn_norm = gemma.then(|| dense("post_ffw_norm.weight")).transpose()?;
             let attn_norm = dense("attn_norm.weight")?;
             let ffn_norm = dense("ffn_norm.weight")?;
-            let mut matmul = |suffix: &str| -> Result<QMatMul> {
-                Ok(QMatMul::from_qtensor(tensor(&name(suffix))?)?)
-            };
+            let mut matmul = |suffix: &str| Linear::new(tensor(&name(suffix))?);
             layers.push(Layer {
                 attn_norm,
                 attention: Attention {
@@ -285,9 +284,9 @@ impl Decoder {
         let output_norm = tensor("output_norm.weight")?.dequantize(&device)?;
         // Tied embeddings: without an output matrix the embedding table projects back to logits.
         let output = if has("output.weight") {
-            QMatMul::from_qtensor(tensor("output.weight")?)?
+            Linear::new(tensor("output.weight")?)?
         } else {
-            QMatMul::from_arc(embedding.clone())?
+            Linear::shared(embedding.clone())?
         };
         Ok(Self {
             config,
@@ -410,7 +409,7 @@ impl Decoder {
             .reshape((c.n_head, t, c.head_dim))?
             .transpose(0, 1)?
             .reshape((t, c.n_head * c.head_dim))?;
-        Ok(attn.o.forward(&out)?)
+        attn.o.forward(&out)
     }
 
     /// Cosine and sine tables for positions `pos..pos + t`, computed as ggml does (f32, with the
