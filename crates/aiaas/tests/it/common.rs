@@ -25,9 +25,10 @@ impl TestServer {
         Self::launch(models, false, "").await
     }
 
-    /// Like `start`, with the server's log (stderr) written to `server.log` in its home.
-    pub async fn start_logging(models: &[&str]) -> Self {
-        Self::launch(models, true, "").await
+    /// Like `start_configured`, with the server's log (stderr) written to `server.log` in its
+    /// home.
+    pub async fn start_logging_configured(models: &[&str], config: &str) -> Self {
+        Self::launch(models, true, config).await
     }
 
     /// Like `start`, with `config` as the home's `aiaas.toml`.
@@ -57,7 +58,7 @@ impl TestServer {
         }
     }
 
-    /// Stops the server (SIGTERM, then waits) and returns what it logged (`start_logging`).
+    /// Stops the server (SIGTERM, then waits) and returns what it logged (`start_logging_configured`).
     pub async fn stop_and_read_log(mut self) -> String {
         self.terminate();
         self.exit_status().await;

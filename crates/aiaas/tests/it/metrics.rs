@@ -150,11 +150,11 @@ async fn metrics_parse_and_count_real_traffic() {
     assert!(rss > 50e6, "{rss}");
 }
 
-#[test]
-fn request_ids_reach_the_log_lines() {
+/// The server's log after one keyed request carrying the request id `trace-me-42`.
+fn log_of_a_traced_request(config: &str) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let log = runtime.block_on(async {
-        let server = TestServer::start_logging(&[]).await;
+    runtime.block_on(async {
+        let server = TestServer::start_logging_configured(&[], config).await;
         let response = server
             .client
             .get(server.url("/v1/models"))
@@ -165,11 +165,31 @@ fn request_ids_reach_the_log_lines() {
             .unwrap();
         assert_eq!(response.headers()["x-request-id"], "trace-me-42");
         server.stop_and_read_log().await
-    });
+    })
+}
+
+#[test]
+fn request_ids_reach_the_log_lines() {
+    let log = log_of_a_traced_request("");
     let line = log
         .lines()
         .find(|l| l.contains("trace-me-42"))
         .unwrap_or_else(|| panic!("no log line carries the request id:\n{log}"));
     assert!(line.contains("status=200"), "{line}");
+    assert!(!log.contains(crate::common::KEY), "the key reached the log");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_id() {
+    let log = log_of_a_traced_request("log_json = true\n");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let traced = lines
+        .iter()
+        .find(|l| l["span"]["id"] == "trace-me-42" && l["fields"]["status"] == 200)
+        .unwrap_or_else(|| panic!("no JSON line carries the request id and status:\n{log}"));
+    assert_eq!(traced["level"], "INFO");
     assert!(!log.contains(crate::common::KEY), "the key reached the log");
 }
