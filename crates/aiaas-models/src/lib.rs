@@ -6,8 +6,8 @@
 pub mod bert;
 mod fast_math;
 pub mod gguf;
+mod int8_matmul;
 mod linear;
-mod q4_1;
 pub mod sentence;
 pub mod tokenizer;
 pub mod transformer;
