@@ -2,6 +2,7 @@
 //! renders on `/metrics` (and adds its HTTP metrics to). Every series is labelled by model only:
 //! models are few, so cardinality stays bounded.
 
+use prometheus::core::Collector;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry,
@@ -41,26 +42,14 @@ impl Default for EngineMetrics {
         let registry = Registry::new();
         let model = &["model"];
         let counter = |name: &str, help: &str| {
-            let metric = IntCounterVec::new(Opts::new(name, help), model).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("metric names are unique");
-            metric
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), model))
         };
         let gauge = |name: &str, help: &str| {
-            let metric = IntGaugeVec::new(Opts::new(name, help), model).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("metric names are unique");
-            metric
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), model))
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let opts = HistogramOpts::new(name, help).buckets(buckets);
-            let metric = HistogramVec::new(opts, model).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("metric names are unique");
-            metric
+            registered(&registry, HistogramVec::new(opts, model))
         };
         let seconds = || exponential_buckets(0.001, 2.0, 16).expect("valid buckets");
         Self {
@@ -107,6 +96,19 @@ impl Default for EngineMetrics {
             registry,
         }
     }
+}
+
+/// Adds a newly made metric to `registry` and returns it. The definitions are the program's
+/// own constants, so a failure is a bug.
+pub fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl EngineMetrics {

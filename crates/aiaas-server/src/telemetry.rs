@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use aiaas_engine::metrics::registered;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
@@ -30,32 +31,31 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(registry: &Registry) -> Self {
         let labels = &["route", "model", "status"];
-        let requests = IntCounterVec::new(
-            Opts::new("aiaas_http_requests_total", "HTTP requests answered."),
-            labels,
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "aiaas_http_request_duration_seconds",
-                "From a request's arrival to its response headers (streams continue after).",
-            )
-            .buckets(exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")),
-            labels,
-        )
-        .expect("valid metric");
-        let resident_memory = IntGauge::new(
-            "process_resident_memory_bytes",
-            "Resident memory of the server process.",
-        )
-        .expect("valid metric");
-        for metric in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(resident_memory.clone()),
-        ] {
-            registry.register(metric).expect("metric names are unique");
-        }
+        let requests = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new("aiaas_http_requests_total", "HTTP requests answered."),
+                labels,
+            ),
+        );
+        let duration = registered(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "aiaas_http_request_duration_seconds",
+                    "From a request's arrival to its response headers (streams continue after).",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")),
+                labels,
+            ),
+        );
+        let resident_memory = registered(
+            registry,
+            IntGauge::new(
+                "process_resident_memory_bytes",
+                "Resident memory of the server process.",
+            ),
+        );
         Self {
             requests,
             duration,

@@ -18,10 +18,6 @@ const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Seconds requests in flight may run on after SIGTERM/SIGINT.
 const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
-/// Seconds an idle model stays loaded.
-const DEFAULT_KEEP_ALIVE_SECS: u64 = 15 * 60;
-/// Seconds a request waits for its model to load.
-const DEFAULT_LOAD_WAIT_SECS: u64 = 60;
 
 /// The optional `aiaas.toml` in the home folder.
 #[derive(Debug, Default, Deserialize)]
@@ -141,26 +137,27 @@ impl Settings {
         }
     }
 
-    /// Which models stay in memory and for how long.
+    /// Which models stay in memory and for how long; the engine's defaults where unset.
     pub fn residency(&self, args: &ServeArgs) -> anyhow::Result<ResidencyPolicy> {
-        let keep_alive_secs = args
-            .keep_alive_secs
-            .or(self.file.keep_alive_secs)
-            .unwrap_or(DEFAULT_KEEP_ALIVE_SECS);
+        let defaults = ResidencyPolicy::default();
         let max_model_memory = args
             .max_model_memory
             .as_ref()
             .or(self.file.max_model_memory.as_ref())
             .map(|text| parse_size(text).with_context(|| "max_model_memory"))
             .transpose()?;
+        let keep_alive = match args.keep_alive_secs.or(self.file.keep_alive_secs) {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => defaults.keep_alive,
+        };
         Ok(ResidencyPolicy {
-            keep_alive: (keep_alive_secs > 0).then(|| Duration::from_secs(keep_alive_secs)),
+            keep_alive,
             max_model_memory,
-            load_wait: Duration::from_secs(
-                args.load_wait_secs
-                    .or(self.file.load_wait_secs)
-                    .unwrap_or(DEFAULT_LOAD_WAIT_SECS),
-            ),
+            load_wait: args
+                .load_wait_secs
+                .or(self.file.load_wait_secs)
+                .map_or(defaults.load_wait, Duration::from_secs),
             preload: args
                 .preload
                 .clone()
