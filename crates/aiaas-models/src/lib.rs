@@ -3,6 +3,7 @@
 //! This crate turns weight files into something that maps inputs to outputs. It knows nothing
 //! of queues, HTTP or keys: the engine drives it one forward pass at a time.
 
+mod attention;
 pub mod bert;
 mod fast_math;
 pub mod gguf;
@@ -16,7 +17,7 @@ pub use bert::{BertConfig, BertEncoder, Pooling};
 pub use gguf::{GgufFile, GgufSummary};
 pub use sentence::{SentenceEncoder, SentenceSettings};
 pub use tokenizer::{TokenDecoder, Tokenizer};
-pub use transformer::{Decoder, DecoderConfig, KvCache};
+pub use transformer::{BatchEntry, Decoder, DecoderConfig, KvCache};
 
 /// Errors raised while reading weights or running a forward pass.
 #[derive(Debug, thiserror::Error)]

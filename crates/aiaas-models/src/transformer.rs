@@ -15,6 +15,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
+use crate::attention::{attend, HeadShape, LayerCache};
 use crate::linear::Linear;
 use crate::{GgufFile, ModelError, Result};
 
@@ -131,71 +132,17 @@ pub struct Decoder {
 
 /// One sequence's attention keys and values (f16), layer by layer.
 pub struct KvCache {
-    layers: Vec<Option<LayerCache>>,
+    layers: Vec<LayerCache>,
     len: usize,
-    /// The most positions the cache will hold: the model's context length.
-    limit: usize,
-}
-
-/// One layer's keys and values, `(n_kv_head, capacity, head_dim)`, filled up to the sequence's
-/// length. Written in place and grown by doubling, so a sequence of n tokens copies O(n) cache
-/// entries in all (appending by concatenation copied the whole cache at every token: O(n²)).
-struct LayerCache {
-    keys: Tensor,
-    values: Tensor,
-}
-
-/// Positions a layer cache starts with.
-const MIN_CACHE_CAPACITY: usize = 64;
-
-impl LayerCache {
-    /// Writes `keys` and `values` (`(n_kv_head, t, head_dim)`) at position `pos` of `slot`,
-    /// growing it if needed, and returns views of every position so far.
-    fn append(
-        slot: &mut Option<Self>,
-        keys: &Tensor,
-        values: &Tensor,
-        pos: usize,
-        limit: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let filled = pos + keys.dim(1)?;
-        let capacity = slot.as_ref().map_or(Ok(0), |cache| cache.keys.dim(1))?;
-        if filled > capacity {
-            let grown = filled
-                .next_power_of_two()
-                .max(MIN_CACHE_CAPACITY)
-                .min(limit.max(filled));
-            let (heads, _, dim) = keys.dims3()?;
-            let empty = || Tensor::zeros((heads, grown, dim), keys.dtype(), keys.device());
-            let cache = Self {
-                keys: empty()?,
-                values: empty()?,
-            };
-            if let Some(old) = slot.take() {
-                let kept = |t: &Tensor| t.narrow(1, 0, pos)?.contiguous();
-                cache.keys.slice_set(&kept(&old.keys)?, 1, 0)?;
-                cache.values.slice_set(&kept(&old.values)?, 1, 0)?;
-            }
-            *slot = Some(cache);
-        }
-        let cache = slot.as_ref().expect("the cache exists: set above");
-        cache.keys.slice_set(keys, 1, pos)?;
-        cache.values.slice_set(values, 1, pos)?;
-        Ok((
-            cache.keys.narrow(1, 0, filled)?,
-            cache.values.narrow(1, 0, filled)?,
-        ))
-    }
 }
 
 impl KvCache {
     pub fn new(config: &DecoderConfig) -> Self {
         Self {
-            layers: std::iter::repeat_with(|| None)
+            layers: std::iter::repeat_with(LayerCache::default)
                 .take(config.n_layer)
                 .collect(),
             len: 0,
-            limit: config.context_length,
         }
     }
 
@@ -212,6 +159,23 @@ impl KvCache {
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
+}
+
+/// One sequence of a batch: its next tokens and the cache they extend.
+pub struct BatchEntry<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Whether the logits of its last token are needed (not for a prompt chunk before the last).
+    pub wants_logits: bool,
+}
+
+/// Where a batch entry's rows lie in the batch, with its positions' rotary tables.
+struct Span {
+    offset: usize,
+    pos: usize,
+    len: usize,
+    global_rope: Rotary,
+    local_rope: Option<Rotary>,
 }
 
 impl Decoder {
@@ -306,30 +270,59 @@ impl Decoder {
     /// Runs `tokens` (the next positions of the sequence whose cache is given) through the model,
     /// appends their keys and values to the cache and returns the logits of the last token.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let (t, pos) = (tokens.len(), cache.len);
-        if t == 0 {
+        let mut batch = [BatchEntry {
+            tokens,
+            cache,
+            wants_logits: true,
+        }];
+        let mut logits = self.forward_batch(&mut batch)?;
+        Ok(logits.pop().flatten().expect("one entry asked for logits"))
+    }
+
+    /// Advances several sequences in one pass: their tokens go through every weight matrix
+    /// together (each matrix is read once for the whole batch, which is what makes serving
+    /// many streams cheap), while attention runs per sequence over its own cache. Returns, per
+    /// entry and in order, the logits of its last token if it asked for them.
+    ///
+    /// Every row is computed exactly as it would be alone: the products, norms and activations
+    /// work row by row, so batching never changes a sequence's output.
+    pub fn forward_batch(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        if batch.iter().any(|entry| entry.tokens.is_empty()) || batch.is_empty() {
             return Err(ModelError::Format("forward called with no tokens".into()));
         }
-        let ids = Tensor::new(tokens, &self.device)?;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|e| e.tokens.iter().copied())
+            .collect();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let mut x = self.embedding.embedding(&ids)?;
         if self.config.architecture == Architecture::Gemma3 {
             x = (x * (self.config.n_embd as f64).sqrt())?;
         }
-        let global_rope = self.rotary(pos, t, self.config.rope_base)?;
-        let local_rope = if self.config.architecture == Architecture::Gemma3 {
-            Some(self.rotary(pos, t, self.config.rope_base_local)?)
-        } else {
-            None
-        };
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for entry in batch.iter() {
+            let (pos, t) = (entry.cache.len, entry.tokens.len());
+            let local = (self.config.architecture == Architecture::Gemma3)
+                .then(|| self.rotary(pos, t, self.config.rope_base_local))
+                .transpose()?;
+            spans.push(Span {
+                offset,
+                pos,
+                len: t,
+                global_rope: self.rotary(pos, t, self.config.rope_base)?,
+                local_rope: local,
+            });
+            offset += t;
+        }
         let eps = self.config.rms_eps;
-        let limit = cache.limit;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let rope = match (&local_rope, layer.attention.local_rope) {
-                (Some(local), true) => local,
-                _ => &global_rope,
-            };
-            let mut a = self.attention(&layer.attention, &h, pos, kv, limit, rope)?;
+            let mut caches: Vec<_> = batch
+                .iter_mut()
+                .map(|entry| &mut entry.cache.layers[i])
+                .collect();
+            let mut a = self.attention(&layer.attention, &h, &spans, &mut caches)?;
             if let Some(norm) = &layer.post_attn_norm {
                 a = rms_norm(&a, norm, eps)?;
             }
@@ -346,23 +339,44 @@ impl Decoder {
             }
             x = (x + f)?;
         }
-        cache.len += t;
-        let last = rms_norm(&x.narrow(0, t - 1, 1)?, &self.output_norm, eps)?;
-        let logits = self.output.forward(&last)?.squeeze(0)?;
-        Ok(logits.to_dtype(DType::F32)?.to_vec1()?)
+        for (entry, span) in batch.iter_mut().zip(&spans) {
+            entry.cache.len += span.len;
+        }
+
+        // Only the last row of the sequences that asked for logits meets the output matrix,
+        // the largest in small models.
+        let wanted: Vec<u32> = batch
+            .iter()
+            .zip(&spans)
+            .filter(|(entry, _)| entry.wants_logits)
+            .map(|(_, span)| (span.offset + span.len - 1) as u32)
+            .collect();
+        let mut rows = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let last = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 0)?;
+            let last = rms_norm(&last, &self.output_norm, eps)?;
+            self.output
+                .forward(&last)?
+                .to_dtype(DType::F32)?
+                .to_vec2()?
+        }
+        .into_iter();
+        Ok(batch
+            .iter()
+            .map(|entry| entry.wants_logits.then(|| rows.next()).flatten())
+            .collect())
     }
 
+    /// Attention for every sequence of a batch: `h` holds their rows one after the other, as
+    /// `spans` say, and `caches` their caches for this layer.
     fn attention(
         &self,
         attn: &Attention,
         h: &Tensor,
-        pos: usize,
-        kv: &mut Option<LayerCache>,
-        limit: usize,
-        rope: &Rotary,
+        spans: &[Span],
+        caches: &mut [&mut LayerCache],
     ) -> Result<Tensor> {
-        let c = &self.config;
-        let t = h.dim(0)?;
         let mut q = attn.q.forward(h)?;
         let mut k = attn.k.forward(h)?;
         let mut v = attn.v.forward(h)?;
@@ -371,45 +385,76 @@ impl Decoder {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        // (t, heads * dim) → (heads, t, dim)
+        let mut outputs = Vec::with_capacity(spans.len());
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            let rows = |x: &Tensor| x.narrow(0, span.offset, span.len);
+            let rope = match (&span.local_rope, attn.local_rope) {
+                (Some(local), true) => local,
+                _ => &span.global_rope,
+            };
+            outputs.push(self.sequence_attention(
+                attn,
+                [rows(&q)?, rows(&k)?, rows(&v)?],
+                span.pos,
+                cache,
+                rope,
+            )?);
+        }
+        let out = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        attn.o.forward(&out)
+    }
+
+    /// One sequence's attention: its projected rows `[q, k, v]` (`(t, heads * dim)`) at positions
+    /// `pos..`, over its cache, which they are appended to.
+    fn sequence_attention(
+        &self,
+        attn: &Attention,
+        [q, k, v]: [Tensor; 3],
+        pos: usize,
+        kv: &mut LayerCache,
+        rope: &Rotary,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let t = q.dim(0)?;
+        // (t, heads * dim) → (heads, t, dim) for the norms and rotations, then back.
         let heads = |x: Tensor, n: usize| -> Result<Tensor> {
             Ok(x.reshape((t, n, c.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?)
         };
+        let rows =
+            |x: Tensor| -> Result<Vec<f32>> { Ok(x.transpose(0, 1)?.flatten_all()?.to_vec1()?) };
         let mut q = heads(q, c.n_head)?;
         let mut k = heads(k, c.n_kv_head)?;
-        let v = heads(v, c.n_kv_head)?;
         if let Some([qn, kn]) = &attn.qk_norms {
             q = rms_norm(&q, qn, c.rms_eps)?;
             k = rms_norm(&k, kn, c.rms_eps)?;
         }
-        // Keys and values are cached in f16, as llama.cpp does by default; queries and attention
-        // weights are rounded to f16 before meeting them, as its f16 matmul does. This halves
-        // the cache and keeps greedy outputs token-for-token equal to llama.cpp's.
-        let q = round_f16(&self.apply_rotary(&q, rope)?)?;
-        let k = self.apply_rotary(&k, rope)?.to_dtype(DType::F16)?;
-        let v = v.to_dtype(DType::F16)?;
-        let (k, v) = LayerCache::append(kv, &k, &v, pos, limit)?;
-        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
-        let kv_len = k.dim(1)?;
+        // Queries are rounded to f16 to meet the f16 cache, as llama.cpp's f16 product does;
+        // this keeps greedy outputs token-for-token equal to llama.cpp's.
+        let q = rows(round_f16(&self.apply_rotary(&q, rope)?)?)?;
+        let k = rows(self.apply_rotary(&k, rope)?)?;
+        let v = v.flatten_all()?.to_vec1()?;
+        let shape = self.head_shape();
+        kv.append(&k, &v, &shape, c.context_length);
+        let out = attend(&q, kv, pos, &shape, attn.window);
+        Ok(Tensor::from_vec(
+            out,
+            (t, c.n_head * c.head_dim),
+            &self.device,
+        )?)
+    }
 
-        // Grouped-query attention without copying keys: the query heads that share a KV head
-        // are stacked along the row axis, (kv_heads, group * t, dim).
-        let group = c.n_head / c.n_kv_head;
-        let q = q.reshape((c.n_kv_head, group * t, c.head_dim))?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = attention_mask(t, pos, kv_len, attn.window, group, &self.device)? {
-            scores = scores.broadcast_add(&mask)?;
+    fn head_shape(&self) -> HeadShape {
+        HeadShape {
+            n_head: self.config.n_head,
+            n_kv_head: self.config.n_kv_head,
+            head_dim: self.config.head_dim,
         }
-        let probs = round_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((c.n_head, t, c.head_dim))?
-            .transpose(0, 1)?
-            .reshape((t, c.n_head * c.head_dim))?;
-        attn.o.forward(&out)
     }
 
     /// Cosine and sine tables for positions `pos..pos + t`, computed as ggml does (f32, with the
@@ -463,103 +508,4 @@ fn round_f16(x: &Tensor) -> Result<Tensor> {
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?)
-}
-
-/// Additive mask for `t` queries at positions `pos..` over `kv_len` keys, repeated for each of
-/// the `group` query heads stacked per KV head. `None` when every key is visible.
-fn attention_mask(
-    t: usize,
-    pos: usize,
-    kv_len: usize,
-    window: Option<usize>,
-    group: usize,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    let windowed = window.is_some_and(|w| kv_len > w);
-    if t == 1 && !windowed {
-        return Ok(None);
-    }
-    let mut row_masks = Vec::with_capacity(t * kv_len);
-    for i in 0..t {
-        let query = pos + i;
-        row_masks.extend((0..kv_len).map(|key| {
-            let visible = key <= query && window.is_none_or(|w| query - key < w);
-            if visible {
-                0.0f32
-            } else {
-                f32::NEG_INFINITY
-            }
-        }));
-    }
-    let mask = Tensor::from_vec(row_masks, (1, t, kv_len), device)?;
-    let mask = mask
-        .repeat((group, 1, 1))?
-        .reshape((1, group * t, kv_len))?;
-    Ok(Some(mask))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_layer_cache_holds_every_appended_position_across_growth() {
-        let piece = |t: usize, start: f32| {
-            let values: Vec<f32> = (0..2 * t * 4).map(|i| start + i as f32).collect();
-            Tensor::from_vec(values, (2, t, 4), &Device::Cpu).unwrap()
-        };
-        // A prompt, a chunk that forces growth past the first capacity, then single tokens.
-        let pieces = [
-            piece(3, 0.0),
-            piece(70, 1000.0),
-            piece(1, 5000.0),
-            piece(1, 6000.0),
-        ];
-        let mut slot = None;
-        let mut pos = 0;
-        for (i, p) in pieces.iter().enumerate() {
-            let (keys, values) =
-                LayerCache::append(&mut slot, p, &(p * 2.0).unwrap(), pos, 100).unwrap();
-            pos += p.dim(1).unwrap();
-            let so_far: Vec<&Tensor> = pieces[..=i].iter().collect();
-            let expected = Tensor::cat(&so_far, 1).unwrap();
-            assert_eq!(
-                keys.to_vec3::<f32>().unwrap(),
-                expected.to_vec3::<f32>().unwrap()
-            );
-            let doubled = (expected * 2.0).unwrap().to_vec3::<f32>().unwrap();
-            assert_eq!(values.to_vec3::<f32>().unwrap(), doubled);
-        }
-        // Grown to the context limit, not beyond.
-        assert_eq!(slot.unwrap().keys.dim(1).unwrap(), 100);
-    }
-
-    #[test]
-    fn causal_mask_hides_future_keys_and_repeats_per_group() {
-        let mask = attention_mask(2, 3, 5, None, 2, &Device::Cpu)
-            .unwrap()
-            .unwrap();
-        let rows: Vec<Vec<f32>> = mask.squeeze(0).unwrap().to_vec2().unwrap();
-        let inf = f32::NEG_INFINITY;
-        let first = vec![0.0, 0.0, 0.0, 0.0, inf];
-        let second = vec![0.0; 5];
-        assert_eq!(rows, vec![first.clone(), second.clone(), first, second]);
-    }
-
-    #[test]
-    fn sliding_window_hides_old_keys_even_for_one_query() {
-        let mask = attention_mask(1, 4, 5, Some(3), 1, &Device::Cpu)
-            .unwrap()
-            .unwrap();
-        let rows: Vec<Vec<f32>> = mask.squeeze(0).unwrap().to_vec2().unwrap();
-        let inf = f32::NEG_INFINITY;
-        assert_eq!(rows, vec![vec![inf, inf, 0.0, 0.0, 0.0]]);
-    }
-
-    #[test]
-    fn no_mask_for_a_single_query_without_window() {
-        assert!(attention_mask(1, 9, 10, None, 3, &Device::Cpu)
-            .unwrap()
-            .is_none());
-    }
 }

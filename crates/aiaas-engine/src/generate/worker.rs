@@ -1,16 +1,18 @@
 //! The per-model generation worker: a thread that owns the model's sequences in flight.
 //!
 //! Callers submit jobs through a bounded channel (full ⇒ the model is overloaded). The thread
-//! admits up to `max_active` sequences and advances each by one step per round — a prefill
-//! chunk or one decoded token — so a long prompt does not freeze the other streams. A sequence
-//! whose caller has gone away (its event receiver dropped) is stopped at its next step.
+//! admits up to `max_active` sequences and advances them together, one batched forward pass per
+//! step (continuous batching): every decoding sequence adds its next token, and prompts are fed
+//! in chunks from a per-step token budget, so a long prompt does not freeze the other streams.
+//! Sequences join and leave the batch at any step; one whose caller has gone away (its event
+//! receiver dropped) leaves at the next step, freeing its cache.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use aiaas_models::{Decoder, KvCache, TokenDecoder, Tokenizer};
+use aiaas_models::{BatchEntry, Decoder, KvCache, TokenDecoder, Tokenizer};
 use tokio::sync::mpsc;
 
 use super::{
@@ -26,8 +28,9 @@ pub struct WorkerLimits {
     pub max_active: usize,
     /// Jobs that may wait for a slot before new ones are refused.
     pub max_queued: usize,
-    /// Prompt tokens processed per step of a prefilling sequence.
-    pub prefill_chunk: usize,
+    /// Prompt tokens processed per step, shared among the sequences still reading their prompt
+    /// (oldest first): bounds how long one step — every stream's next token — can take.
+    pub prefill_tokens_per_step: usize,
     /// The most tokens one request may generate; `None`: up to the end of the context.
     pub max_completion_tokens: Option<usize>,
 }
@@ -37,7 +40,7 @@ impl Default for WorkerLimits {
         Self {
             max_active: 16,
             max_queued: 64,
-            prefill_chunk: 256,
+            prefill_tokens_per_step: 256,
             max_completion_tokens: None,
         }
     }
@@ -140,9 +143,16 @@ struct Sequence {
     last_token_at: Option<Instant>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
     Continue,
     Done,
+}
+
+impl Sequence {
+    fn prompt_left(&self) -> usize {
+        self.job.prompt.len() - self.prefilled
+    }
 }
 
 impl Runner {
@@ -170,8 +180,21 @@ impl Runner {
                 }
                 active.push(self.admit(job));
             }
+            active.retain_mut(|seq| {
+                let gone = seq.job.events.is_closed();
+                if gone {
+                    self.cancelled(seq.generated);
+                    report(&mut seq.job, seq.prefilled, seq.generated);
+                }
+                !gone
+            });
+            if active.is_empty() {
+                continue;
+            }
             self.metrics.batch_size.observe(active.len() as f64);
-            active.retain_mut(|seq| matches!(self.step(seq), Step::Continue));
+            let steps = self.step(&mut active);
+            let mut steps = steps.into_iter();
+            active.retain(|_| steps.next() == Some(Step::Continue));
         }
     }
 
@@ -199,38 +222,90 @@ impl Runner {
         );
     }
 
-    fn step(&self, seq: &mut Sequence) -> Step {
-        let step = if seq.job.events.is_closed() {
-            self.cancelled(seq.generated);
-            Step::Done
-        } else {
-            self.advance(seq).unwrap_or_else(|e| {
-                tracing::error!(model = %self.model_id, "generation failed: {e}");
-                let _ = seq.job.events.send(Event::Failed(e.to_string()));
-                Step::Done
+    /// How many tokens each sequence feeds into the next step: one for every decoding sequence,
+    /// and prompt chunks, oldest sequence first, while the step's prompt budget lasts.
+    fn plan(&self, active: &[Sequence]) -> Vec<usize> {
+        let mut budget = self.limits.prefill_tokens_per_step.max(1);
+        active
+            .iter()
+            .map(|seq| match seq.prompt_left() {
+                0 => 1,
+                left => {
+                    let chunk = left.min(budget);
+                    budget -= chunk;
+                    chunk
+                }
             })
-        };
-        if matches!(step, Step::Done) {
-            report(&mut seq.job, seq.prefilled, seq.generated);
-        }
-        step
+            .collect()
     }
 
-    fn advance(&self, seq: &mut Sequence) -> Result<Step> {
-        let prompt_len = seq.job.prompt.len();
-        let mut logits = if seq.prefilled < prompt_len {
-            let end = (seq.prefilled + self.limits.prefill_chunk).min(prompt_len);
-            let logits = self
-                .decoder
-                .forward(&seq.job.prompt[seq.prefilled..end], &mut seq.cache)?;
-            seq.prefilled = end;
-            if end < prompt_len {
-                return Ok(Step::Continue);
+    /// Runs one batched forward pass over the active sequences and hands each its token.
+    /// Returns, per sequence, whether it goes on.
+    fn step(&self, active: &mut [Sequence]) -> Vec<Step> {
+        let plan = self.plan(active);
+        let mut entries = Vec::with_capacity(active.len());
+        for (seq, &n) in active.iter_mut().zip(&plan) {
+            if n == 0 {
+                continue;
             }
-            logits
-        } else {
-            self.decoder.forward(&[seq.last_token], &mut seq.cache)?
+            let (tokens, wants_logits) = if seq.prefilled < seq.job.prompt.len() {
+                let chunk = &seq.job.prompt[seq.prefilled..seq.prefilled + n];
+                (chunk, n == seq.job.prompt.len() - seq.prefilled)
+            } else {
+                (std::slice::from_ref(&seq.last_token), true)
+            };
+            entries.push(BatchEntry {
+                tokens,
+                cache: &mut seq.cache,
+                wants_logits,
+            });
+        }
+        let outputs = self.decoder.forward_batch(&mut entries);
+        drop(entries);
+        let mut outputs = match outputs {
+            Ok(outputs) => outputs.into_iter(),
+            Err(e) => {
+                // The caches of the whole batch are now suspect: every member fails.
+                tracing::error!(model = %self.model_id, "generation failed: {e}");
+                return active
+                    .iter_mut()
+                    .zip(&plan)
+                    .map(|(seq, &n)| {
+                        if n == 0 {
+                            return Step::Continue;
+                        }
+                        let _ = seq.job.events.send(Event::Failed(e.to_string()));
+                        report(&mut seq.job, seq.prefilled, seq.generated);
+                        Step::Done
+                    })
+                    .collect();
+            }
         };
+        active
+            .iter_mut()
+            .zip(&plan)
+            .map(|(seq, &n)| {
+                if n == 0 {
+                    return Step::Continue;
+                }
+                if seq.prompt_left() > 0 {
+                    seq.prefilled += n;
+                }
+                let Some(logits) = outputs.next().flatten() else {
+                    return Step::Continue;
+                };
+                let step = self.emit(seq, logits);
+                if step == Step::Done {
+                    report(&mut seq.job, seq.prefilled, seq.generated);
+                }
+                step
+            })
+            .collect()
+    }
+
+    /// Samples the sequence's next token from `logits`, sends it to the caller and says whether
+    /// the sequence goes on.
+    fn emit(&self, seq: &mut Sequence, mut logits: Vec<f32>) -> Step {
         let (token, logprob) = seq.sampler.sample(&mut logits);
         seq.generated += 1;
         seq.last_token = token;
@@ -248,7 +323,7 @@ impl Runner {
         }
 
         if self.tokenizer.is_end_of_generation(token) {
-            return Ok(self.finish(seq, FinishReason::Stop, String::new()));
+            return self.finish(seq, FinishReason::Stop, String::new());
         }
         let piece = seq.text.push(&self.tokenizer, token);
         let (text, stopped) = match seq.stop.push(&piece) {
@@ -262,10 +337,10 @@ impl Runner {
         }));
         if sent.is_err() {
             self.cancelled(seq.generated);
-            return Ok(Step::Done);
+            return Step::Done;
         }
         if stopped {
-            return Ok(self.finish(seq, FinishReason::Stop, String::new()));
+            return self.finish(seq, FinishReason::Stop, String::new());
         }
         let out_of_context = seq.cache.len() + 1 >= self.decoder.config.context_length;
         if seq.generated >= seq.sampler.params().max_tokens || out_of_context {
@@ -274,9 +349,9 @@ impl Runner {
                 StopScan::Continue(text) => text + &seq.stop.finish(),
                 StopScan::Stopped(text) => text,
             };
-            return Ok(self.finish(seq, FinishReason::Length, tail));
+            return self.finish(seq, FinishReason::Length, tail);
         }
-        Ok(Step::Continue)
+        Step::Continue
     }
 
     fn finish(&self, seq: &mut Sequence, reason: FinishReason, text: String) -> Step {
