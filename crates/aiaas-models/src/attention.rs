@@ -80,36 +80,51 @@ impl LayerCache {
     }
 }
 
-/// Attention of `t` query rows at positions `pos..pos + t` (`q`: `(t, n_head * head_dim)`,
-/// rotated and rounded to f16) over the cache, which already holds their own keys. A query
-/// sees the keys at or before its position, within `window` positions if the layer slides.
-/// Returns `(t, n_head * head_dim)`.
-pub fn attend(
-    q: &[f32],
-    cache: &LayerCache,
-    pos: usize,
-    shape: &HeadShape,
-    window: Option<usize>,
-) -> Vec<f32> {
+/// One sequence's share of a batched attention: `t` query rows at positions `pos..pos + t`
+/// (`q`: `(t, n_head * head_dim)`, rotated and rounded to f16) and its cache, which already
+/// holds their own keys.
+pub struct Queries<'a> {
+    pub q: Vec<f32>,
+    pub cache: &'a LayerCache,
+    pub pos: usize,
+}
+
+/// Attention for every sequence of a batch in one parallel loop over (sequence, row, KV head),
+/// so both cores stay busy even when each sequence has a single query row. A query sees the
+/// keys at or before its position, within `window` positions if the layer slides. Returns the
+/// rows of all sequences one after the other: `(Σt, n_head * head_dim)`.
+pub fn attend(batch: &[Queries<'_>], shape: &HeadShape, window: Option<usize>) -> Vec<f32> {
     let (dim, group) = (shape.head_dim, shape.group());
     let q_row = shape.n_head * dim;
-    let t = q.len() / q_row;
-    debug_assert!(cache.positions(shape) >= pos + t);
-    let mut out = vec![0f32; t * q_row];
-    let visible = |row: usize| {
-        let p = pos + row;
+    // (sequence, row) of every query row of the batch, in output order.
+    let rows: Vec<(usize, usize)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(s, seq)| (0..seq.q.len() / q_row).map(move |row| (s, row)))
+        .collect();
+    let visible = |s: usize, row: usize| {
+        let p = batch[s].pos + row;
         window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
     };
-    let work_per_task = visible(t - 1).len() * group * dim * 2;
+    let longest = rows
+        .iter()
+        .map(|&(s, row)| visible(s, row).len())
+        .max()
+        .unwrap_or(0);
+    let work_per_task = longest * group * dim * 2;
+    let mut out = vec![0f32; rows.len() * q_row];
     out.par_chunks_mut(group * dim)
         .enumerate()
         .with_min_len((MIN_TASK_WORK / work_per_task.max(1)).max(1))
         .for_each(|(task, out)| {
-            let (row, kv_head) = (task / shape.n_kv_head, task % shape.n_kv_head);
-            let queries = &q[row * q_row + kv_head * group * dim..][..group * dim];
+            let (s, row) = rows[task / shape.n_kv_head];
+            let kv_head = task % shape.n_kv_head;
+            let seq = &batch[s];
+            debug_assert!(seq.cache.positions(shape) > seq.pos + row);
+            let queries = &seq.q[row * q_row + kv_head * group * dim..][..group * dim];
             vectorized(
                 #[inline(always)]
-                || attend_one(queries, cache, kv_head, visible(row), shape, out),
+                || attend_one(queries, seq.cache, kv_head, visible(s, row), shape, out),
             );
         });
     out
@@ -239,6 +254,14 @@ mod tests {
         out
     }
 
+    fn queries<'a>(q: &[f32], cache: &'a LayerCache, pos: usize) -> Queries<'a> {
+        Queries {
+            q: q.to_vec(),
+            cache,
+            pos,
+        }
+    }
+
     fn close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -256,7 +279,7 @@ mod tests {
         cache.append(&keys, &vals, &SHAPE, 100);
         let q = values(3 * SHAPE.n_head * SHAPE.head_dim, 3);
         for window in [None, Some(4)] {
-            let got = attend(&q, &cache, 6, &SHAPE, window);
+            let got = attend(&[queries(&q, &cache, 6)], &SHAPE, window);
             close(&got, &plain(&q, &keys, &vals, 6, window));
         }
     }
@@ -270,9 +293,20 @@ mod tests {
         cache.append(&keys, &vals, &SHAPE, 100);
         let q_row = SHAPE.n_head * SHAPE.head_dim;
         let q = values(5 * q_row, 6);
-        let together = attend(&q, &cache, 7, &SHAPE, None);
-        let last_alone = attend(&q[4 * q_row..], &cache, 11, &SHAPE, None);
+        let together = attend(&[queries(&q, &cache, 7)], &SHAPE, None);
+        let last_alone = attend(&[queries(&q[4 * q_row..], &cache, 11)], &SHAPE, None);
         assert_eq!(&together[4 * q_row..], last_alone.as_slice());
+        // And beside another sequence's rows in the same batch.
+        let other = values(2 * q_row, 7);
+        let beside = attend(
+            &[
+                queries(&other, &cache, 3),
+                queries(&q[4 * q_row..], &cache, 11),
+            ],
+            &SHAPE,
+            None,
+        );
+        assert_eq!(&beside[2 * q_row..], last_alone.as_slice());
     }
 
     #[test]

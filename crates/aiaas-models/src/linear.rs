@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::int8_matmul::{Product, QuantizedMatrix, WeightBlock, Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0};
 use crate::Result;
@@ -48,5 +48,16 @@ impl Linear {
         let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let out = product.matmul(&values, tokens);
         Ok(Tensor::from_vec(out, (tokens, product.rows()), x.device())?)
+    }
+
+    /// Rows of the weights themselves, as f32: the lookup of a tied embedding table, which is
+    /// then kept in memory once. Only for this crate's formats.
+    pub fn gather(&self, rows: &[u32], device: &Device) -> Result<Option<Tensor>> {
+        let Self::Own(product) = self else {
+            return Ok(None);
+        };
+        let values = product.gather(rows);
+        let cols = values.len() / rows.len().max(1);
+        Ok(Some(Tensor::from_vec(values, (rows.len(), cols), device)?))
     }
 }

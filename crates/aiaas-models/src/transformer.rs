@@ -3,8 +3,9 @@
 //! The three share one shape (pre-norm attention with rotary positions and grouped KV heads,
 //! then a gated MLP) and differ in details that the config names: rotary layout, QKV biases,
 //! Gemma's scaled embeddings, per-head q/k norms, post-norms, GELU and sliding-window layers.
-//! Weights stay quantized and are multiplied by candle's quantized kernels. The KV cache lives
-//! outside the weights, one per sequence, so one loaded model serves many sequences.
+//! Weights stay quantized and are multiplied by this crate's quantized products (`linear.rs`).
+//! The KV cache lives outside the weights, one per sequence, so one loaded model serves many
+//! sequences.
 //!
 //! Reference: llama.cpp `src/models/{llama,qwen2,gemma3}.cpp`.
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
-use crate::attention::{attend, HeadShape, LayerCache};
+use crate::attention::{attend, HeadShape, LayerCache, Queries};
 use crate::linear::Linear;
 use crate::{GgufFile, ModelError, Result};
 
@@ -80,8 +81,11 @@ impl DecoderConfig {
             rms_eps: gguf.f32(&key("attention.layer_norm_rms_epsilon")?)?,
             rope_base: gguf.f32(&key("rope.freq_base")?).unwrap_or(10_000.0),
             rope_base_local: 10_000.0,
+            // A window of 0 would hide every key: read as no window.
             sliding_window: if gemma {
-                gguf.usize(&key("attention.sliding_window")?).ok()
+                gguf.usize(&key("attention.sliding_window")?)
+                    .ok()
+                    .filter(|&w| w > 0)
             } else {
                 None
             },
@@ -122,12 +126,20 @@ struct Layer {
 /// A loaded model; immutable during inference, so one instance serves any number of sequences.
 pub struct Decoder {
     pub config: DecoderConfig,
-    embedding: Arc<QTensor>,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     output_norm: Tensor,
     output: Linear,
     vocab_size: usize,
     device: Device,
+}
+
+/// Where token ids become vectors.
+enum Embeddings {
+    /// The table is the output matrix (tied embeddings) in this crate's format: its rows are
+    /// read from there, so the table is in memory once.
+    TiedToOutput,
+    Table(Arc<QTensor>),
 }
 
 /// One sequence's attention keys and values (f16), layer by layer.
@@ -247,14 +259,19 @@ impl Decoder {
         }
         let output_norm = tensor("output_norm.weight")?.dequantize(&device)?;
         // Tied embeddings: without an output matrix the embedding table projects back to logits.
-        let output = if has("output.weight") {
-            Linear::new(tensor("output.weight")?)?
+        let (output, embeddings) = if has("output.weight") {
+            let output = Linear::new(tensor("output.weight")?)?;
+            (output, Embeddings::Table(embedding))
         } else {
-            Linear::shared(embedding.clone())?
+            let output = Linear::shared(embedding.clone())?;
+            match output {
+                Linear::Own(_) => (output, Embeddings::TiedToOutput),
+                Linear::Candle(_) => (output, Embeddings::Table(embedding)),
+            }
         };
         Ok(Self {
             config,
-            embedding,
+            embeddings,
             layers,
             output_norm,
             output,
@@ -284,8 +301,10 @@ impl Decoder {
     /// many streams cheap), while attention runs per sequence over its own cache. Returns, per
     /// entry and in order, the logits of its last token if it asked for them.
     ///
-    /// Every row is computed exactly as it would be alone: the products, norms and activations
-    /// work row by row, so batching never changes a sequence's output.
+    /// Every row is computed exactly as it would be alone (the products, norms and activations
+    /// work row by row), so batching never changes a sequence's output — for the GGUF types
+    /// this crate multiplies itself; candle's kernels, used for the others, may pick another
+    /// method by row count.
     pub fn forward_batch(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         if batch.iter().any(|entry| entry.tokens.is_empty()) || batch.is_empty() {
             return Err(ModelError::Format("forward called with no tokens".into()));
@@ -294,8 +313,20 @@ impl Decoder {
             .iter()
             .flat_map(|e| e.tokens.iter().copied())
             .collect();
-        let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut x = self.embedding.embedding(&ids)?;
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(ModelError::Format(format!(
+                "token id {id} is outside the vocabulary"
+            )));
+        }
+        let mut x = match &self.embeddings {
+            Embeddings::TiedToOutput => self
+                .output
+                .gather(&ids, &self.device)?
+                .expect("tied to an output matrix in this crate's format"),
+            Embeddings::Table(table) => {
+                table.embedding(&Tensor::new(ids.as_slice(), &self.device)?)?
+            }
+        };
         if self.config.architecture == Architecture::Gemma3 {
             x = (x * (self.config.n_embd as f64).sqrt())?;
         }
@@ -385,39 +416,46 @@ impl Decoder {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let mut outputs = Vec::with_capacity(spans.len());
+        let mut queries = Vec::with_capacity(spans.len());
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             let rows = |x: &Tensor| x.narrow(0, span.offset, span.len);
             let rope = match (&span.local_rope, attn.local_rope) {
                 (Some(local), true) => local,
                 _ => &span.global_rope,
             };
-            outputs.push(self.sequence_attention(
-                attn,
-                [rows(&q)?, rows(&k)?, rows(&v)?],
-                span.pos,
-                cache,
-                rope,
-            )?);
+            let rows = [rows(&q)?, rows(&k)?, rows(&v)?];
+            queries.push(self.append_keys(attn, rows, cache, rope)?);
         }
-        let out = if outputs.len() == 1 {
-            outputs.pop().expect("one output")
-        } else {
-            Tensor::cat(&outputs, 0)?
-        };
+        let batch: Vec<Queries<'_>> = queries
+            .into_iter()
+            .zip(spans)
+            .zip(caches.iter())
+            .map(|((q, span), cache)| Queries {
+                q,
+                cache,
+                pos: span.pos,
+            })
+            .collect();
+        let out = attend(&batch, &self.head_shape(), attn.window);
+        let rows = out.len() / (self.config.n_head * self.config.head_dim);
+        let out = Tensor::from_vec(
+            out,
+            (rows, self.config.n_head * self.config.head_dim),
+            &self.device,
+        )?;
         attn.o.forward(&out)
     }
 
-    /// One sequence's attention: its projected rows `[q, k, v]` (`(t, heads * dim)`) at positions
-    /// `pos..`, over its cache, which they are appended to.
-    fn sequence_attention(
+    /// Prepares one sequence's projected rows `[q, k, v]` (`(t, heads * dim)`): norms and
+    /// rotations, keys and values appended to its cache. Returns its queries, ready for
+    /// `attend`.
+    fn append_keys(
         &self,
         attn: &Attention,
         [q, k, v]: [Tensor; 3],
-        pos: usize,
         kv: &mut LayerCache,
         rope: &Rotary,
-    ) -> Result<Tensor> {
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = q.dim(0)?;
         // (t, heads * dim) → (heads, t, dim) for the norms and rotations, then back.
@@ -441,12 +479,7 @@ impl Decoder {
         let v = v.flatten_all()?.to_vec1()?;
         let shape = self.head_shape();
         kv.append(&k, &v, &shape, c.context_length);
-        let out = attend(&q, kv, pos, &shape, attn.window);
-        Ok(Tensor::from_vec(
-            out,
-            (t, c.n_head * c.head_dim),
-            &self.device,
-        )?)
+        Ok(q)
     }
 
     fn head_shape(&self) -> HeadShape {

@@ -29,7 +29,8 @@ pub struct WorkerLimits {
     /// Jobs that may wait for a slot before new ones are refused.
     pub max_queued: usize,
     /// Prompt tokens processed per step, shared among the sequences still reading their prompt
-    /// (oldest first): bounds how long one step — every stream's next token — can take.
+    /// (oldest first), on top of one token per decoding sequence: bounds how long one step —
+    /// every stream's next token — can take.
     pub prefill_tokens_per_step: usize,
     /// The most tokens one request may generate; `None`: up to the end of the context.
     pub max_completion_tokens: Option<usize>,

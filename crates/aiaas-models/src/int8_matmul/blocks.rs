@@ -106,6 +106,13 @@ impl WeightBlock for Q4_0 {
     fn dot(&self, a: &Q8Activations) -> f32 {
         nibble_dot(&self.nibbles, 8, a) as f32 * self.scale * a.scale
     }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for (j, byte) in self.nibbles.iter().enumerate() {
+            out[j] = (i32::from(byte & 0x0F) - 8) as f32 * self.scale;
+            out[j + BLOCK / 2] = (i32::from(byte >> 4) - 8) as f32 * self.scale;
+        }
+    }
 }
 
 impl WeightBlock for Q4_1 {
@@ -124,6 +131,13 @@ impl WeightBlock for Q4_1 {
     fn dot(&self, a: &Q8Activations) -> f32 {
         let sum = nibble_dot(&self.nibbles, 0, a);
         sum as f32 * self.scale * a.scale + self.min * a.scaled_sum
+    }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for (j, byte) in self.nibbles.iter().enumerate() {
+            out[j] = f32::from(byte & 0x0F) * self.scale + self.min;
+            out[j + BLOCK / 2] = f32::from(byte >> 4) * self.scale + self.min;
+        }
     }
 }
 
@@ -150,6 +164,18 @@ impl WeightBlock for Q5_0 {
         }
         sum as f32 * self.scale * a.scale
     }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for (j, out) in out.iter_mut().enumerate() {
+            let nibble = if j < BLOCK / 2 {
+                self.nibbles[j] & 0x0F
+            } else {
+                self.nibbles[j - BLOCK / 2] >> 4
+            };
+            let fifth = ((self.high_bits >> j) & 1) << 4;
+            *out = ((i32::from(nibble) | fifth as i32) - 16) as f32 * self.scale;
+        }
+    }
 }
 
 impl WeightBlock for Q8_0 {
@@ -174,5 +200,11 @@ impl WeightBlock for Q8_0 {
             sum += i32::from(*w) * i32::from(*x);
         }
         sum as f32 * (self.scale * a.scale)
+    }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for (out, q) in out.iter_mut().zip(&self.values) {
+            *out = f32::from(*q) * self.scale;
+        }
     }
 }

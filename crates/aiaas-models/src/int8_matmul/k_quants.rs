@@ -121,6 +121,20 @@ impl WeightBlock for Q4K {
         }
         self.scale * a.scale * sum as f32 - self.min * a.scale * mins as f32
     }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for run in 0..4 {
+            let nibbles = &self.nibbles[32 * run..32 * run + 32];
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let sub = 2 * run + half;
+                let scale = self.scale * f32::from(self.sub_scales[sub]);
+                let min = self.min * f32::from(self.sub_mins[sub]);
+                for (out, byte) in out[32 * sub..32 * sub + 32].iter_mut().zip(nibbles) {
+                    *out = scale * f32::from((byte >> shift) & 0x0F) - min;
+                }
+            }
+        }
+    }
 }
 
 /// Q6_K: sixteen sub-blocks of 16, value `scale · sᵢ · (q - 32)` with q in 0..64 (four bits
@@ -184,5 +198,27 @@ impl WeightBlock for Q6K {
             }
         }
         self.scale * a.scale * sum as f32
+    }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for half in 0..2 {
+            let low = &self.low[64 * half..64 * half + 64];
+            let high = &self.high[32 * half..32 * half + 32];
+            let scales = &self.sub_scales[8 * half..8 * half + 8];
+            let out = &mut out[128 * half..128 * half + 128];
+            for l in 0..32 {
+                let h = high[l];
+                let q = [
+                    (low[l] & 0x0F) | ((h & 3) << 4),
+                    (low[l + 32] & 0x0F) | (((h >> 2) & 3) << 4),
+                    (low[l] >> 4) | (((h >> 4) & 3) << 4),
+                    (low[l + 32] >> 4) | (((h >> 6) & 3) << 4),
+                ];
+                for (k, q) in q.into_iter().enumerate() {
+                    let value = f32::from(q as i8 - 32);
+                    out[l + 32 * k] = self.scale * f32::from(scales[l / 16 + 2 * k]) * value;
+                }
+            }
+        }
     }
 }

@@ -39,6 +39,8 @@ pub trait WeightBlock: Sized + Send + Sync {
     type Activations: ActivationBlock;
     fn read(bytes: &[u8]) -> Self;
     fn dot(&self, activations: &Self::Activations) -> f32;
+    /// The block's weights as f32, computed as ggml's (and candle's) `dequantize_row` does.
+    fn dequantize(&self, out: &mut [f32]);
 
     /// One weight row times one quantized activation row, block after block.
     #[inline(always)]
@@ -65,6 +67,8 @@ pub trait Product: Send + Sync {
     /// `x` (`tokens` rows of the matrix's column count) times the transposed matrix: `tokens`
     /// rows of `rows()` values.
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32>;
+    /// The given rows, as f32, one after the other: a tied embedding table's lookup.
+    fn gather(&self, rows: &[u32]) -> Vec<f32>;
 }
 
 impl<B: WeightBlock> QuantizedMatrix<B> {
@@ -86,6 +90,19 @@ impl<B: WeightBlock> QuantizedMatrix<B> {
 impl<B: WeightBlock> Product for QuantizedMatrix<B> {
     fn rows(&self) -> usize {
         self.rows
+    }
+
+    fn gather(&self, rows: &[u32]) -> Vec<f32> {
+        let size = B::Activations::SIZE;
+        let per_row = self.cols / size;
+        let mut out = vec![0f32; rows.len() * self.cols];
+        for (row, out) in rows.iter().zip(out.chunks_exact_mut(self.cols)) {
+            let blocks = &self.blocks[*row as usize * per_row..][..per_row];
+            for (block, out) in blocks.iter().zip(out.chunks_exact_mut(size)) {
+                block.dequantize(out);
+            }
+        }
+        out
     }
 
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
@@ -177,6 +194,10 @@ mod tests {
                 );
             }
         }
+        // Gathered rows are candle's dequantized rows, to the bit.
+        let gathered = m.gather(&[5, 0]);
+        assert_eq!(&gathered[..cols], &dense[5 * cols..6 * cols]);
+        assert_eq!(&gathered[cols..], &dense[..cols]);
         // A row alone is computed exactly as among others.
         let last = m.matmul(&x[(tokens - 1) * cols..], 1);
         assert_eq!(last.as_slice(), &out[(tokens - 1) * rows..]);
