@@ -7,7 +7,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::int8_matmul::{Product, QuantizedMatrix, WeightBlock, Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0};
-use crate::Result;
+use crate::{ModelError, Result};
 
 pub enum Linear {
     Own(Box<dyn Product>),
@@ -52,12 +52,17 @@ impl Linear {
 
     /// Rows of the weights themselves, as f32: the lookup of a tied embedding table, which is
     /// then kept in memory once. Only for this crate's formats.
-    pub fn gather(&self, rows: &[u32], device: &Device) -> Result<Option<Tensor>> {
+    pub fn gather(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
         let Self::Own(product) = self else {
-            return Ok(None);
+            return Err(ModelError::Format(
+                "rows can only be read from this crate's formats".into(),
+            ));
         };
         let values = product.gather(rows);
-        let cols = values.len() / rows.len().max(1);
-        Ok(Some(Tensor::from_vec(values, (rows.len(), cols), device)?))
+        Ok(Tensor::from_vec(
+            values,
+            (rows.len(), product.cols()),
+            device,
+        )?)
     }
 }

@@ -319,10 +319,7 @@ impl Decoder {
             )));
         }
         let mut x = match &self.embeddings {
-            Embeddings::TiedToOutput => self
-                .output
-                .gather(&ids, &self.device)?
-                .expect("tied to an output matrix in this crate's format"),
+            Embeddings::TiedToOutput => self.output.gather(&ids, &self.device)?,
             Embeddings::Table(table) => {
                 table.embedding(&Tensor::new(ids.as_slice(), &self.device)?)?
             }
@@ -437,13 +434,9 @@ impl Decoder {
             })
             .collect();
         let out = attend(&batch, &self.head_shape(), attn.window);
-        let rows = out.len() / (self.config.n_head * self.config.head_dim);
-        let out = Tensor::from_vec(
-            out,
-            (rows, self.config.n_head * self.config.head_dim),
-            &self.device,
-        )?;
-        attn.o.forward(&out)
+        let width = self.config.n_head * self.config.head_dim;
+        attn.o
+            .forward(&Tensor::from_vec(out, (h.dim(0)?, width), &self.device)?)
     }
 
     /// Prepares one sequence's projected rows `[q, k, v]` (`(t, heads * dim)`): norms and

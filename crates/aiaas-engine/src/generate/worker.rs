@@ -249,9 +249,9 @@ impl Runner {
             if n == 0 {
                 continue;
             }
-            let (tokens, wants_logits) = if seq.prefilled < seq.job.prompt.len() {
-                let chunk = &seq.job.prompt[seq.prefilled..seq.prefilled + n];
-                (chunk, n == seq.job.prompt.len() - seq.prefilled)
+            let left = seq.prompt_left();
+            let (tokens, wants_logits) = if left > 0 {
+                (&seq.job.prompt[seq.prefilled..][..n], n == left)
             } else {
                 (std::slice::from_ref(&seq.last_token), true)
             };

@@ -64,6 +64,8 @@ pub struct QuantizedMatrix<B> {
 pub trait Product: Send + Sync {
     /// Output values per token.
     fn rows(&self) -> usize;
+    /// Input values per token.
+    fn cols(&self) -> usize;
     /// `x` (`tokens` rows of the matrix's column count) times the transposed matrix: `tokens`
     /// rows of `rows()` values.
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32>;
@@ -90,6 +92,10 @@ impl<B: WeightBlock> QuantizedMatrix<B> {
 impl<B: WeightBlock> Product for QuantizedMatrix<B> {
     fn rows(&self) -> usize {
         self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
     }
 
     fn gather(&self, rows: &[u32]) -> Vec<f32> {
