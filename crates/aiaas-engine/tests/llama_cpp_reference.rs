@@ -105,6 +105,8 @@ fn check_model(name: &str) {
             ),
         }
     }
+    let cases = expected["generate"].as_array().unwrap().len();
+    println!("{name}: {full_matches} of {cases} prompts match llama.cpp for every token");
     assert!(
         full_matches >= FULL_MATCHES,
         "{name}: only {full_matches} prompts matched llama.cpp for all tokens"

@@ -1,18 +1,24 @@
 //! Formats of 32 weights a block (Q4_0, Q4_1, Q5_0, Q8_0) and their activations, ggml's Q8_1
-//! (Q8_0 plus the scaled sum that a Q4_1 block's minimum multiplies).
+//! (Q8_0 plus the scaled sum that a Q4_1 block's minimum multiplies), and the lane-wise
+//! arithmetic of their products (`dot_row`) that every kernel computes to the bit.
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512::Avx512;
 use super::{ActivationBlock, WeightBlock};
+
+/// Float lanes of a row's running sum: a 512-bit register of f32.
+pub(super) const LANES: usize = 16;
 
 const BLOCK: usize = 32;
 
 /// 32 activations quantized to 8 bits.
 pub struct Q8Activations {
-    scale: f32,
+    pub(super) scale: f32,
     /// The scale times the sum of the values.
-    scaled_sum: f32,
-    values: [i8; BLOCK],
+    pub(super) scaled_sum: f32,
+    pub(super) values: [i8; BLOCK],
 }
 
 impl ActivationBlock for Q8Activations {
@@ -46,28 +52,28 @@ impl ActivationBlock for Q8Activations {
 pub struct Q4_0 {
     scale: f32,
     /// Value j in the low nibble of byte j, value j + 16 in its high nibble.
-    nibbles: [u8; BLOCK / 2],
+    pub(super) nibbles: [u8; BLOCK / 2],
 }
 
 /// Q4_1: `scale · q + min` with q in 0..16.
 pub struct Q4_1 {
     scale: f32,
     min: f32,
-    nibbles: [u8; BLOCK / 2],
+    pub(super) nibbles: [u8; BLOCK / 2],
 }
 
 /// Q5_0: `scale · (q - 16)` with q in 0..32: four bits in the nibbles, the fifth in `high_bits`.
 pub struct Q5_0 {
     scale: f32,
     /// Bit j: the fifth bit of value j.
-    high_bits: u32,
-    nibbles: [u8; BLOCK / 2],
+    pub(super) high_bits: u32,
+    pub(super) nibbles: [u8; BLOCK / 2],
 }
 
 /// Q8_0: `scale · q` with q in -128..128.
 pub struct Q8_0 {
     scale: f32,
-    values: [i8; BLOCK],
+    pub(super) values: [i8; BLOCK],
 }
 
 fn half(bytes: &[u8]) -> f32 {
@@ -78,22 +84,136 @@ fn nibbles(bytes: &[u8]) -> [u8; BLOCK / 2] {
     bytes.try_into().expect("16 bytes by the block layout")
 }
 
-/// The integer dot product of 32 4-bit values (`nibbles`, each minus `offset`) with the
-/// activations.
-#[inline(always)]
-fn nibble_dot(nibbles: &[u8; BLOCK / 2], offset: i32, a: &Q8Activations) -> i32 {
-    let mut sum = 0i32;
-    for (j, byte) in nibbles.iter().enumerate() {
-        let low = i32::from(byte & 0x0F) - offset;
-        let high = i32::from(byte >> 4) - offset;
-        sum += low * i32::from(a.values[j]) + high * i32::from(a.values[j + BLOCK / 2]);
+/// 32 values from 4-bit nibbles (value j low in byte j, value j + 16 high), each minus
+/// `offset`, plus 16 for value j where bit j of `fifth_bits` is set.
+fn unpack_nibbles(nibbles: &[u8; BLOCK / 2], fifth_bits: u32, offset: i8) -> [i8; BLOCK] {
+    let mut values = [0i8; BLOCK];
+    for (j, value) in values.iter_mut().enumerate() {
+        let byte = nibbles[j % (BLOCK / 2)];
+        let nibble = if j < BLOCK / 2 {
+            byte & 0x0F
+        } else {
+            byte >> 4
+        };
+        let fifth = ((fifth_bits >> j) & 1) as u8;
+        *value = (nibble | (fifth << 4)) as i8 - offset;
     }
-    sum
+    values
 }
 
-impl WeightBlock for Q4_0 {
-    const BYTES: usize = 2 + BLOCK / 2;
+/// What a format of 32-weight blocks tells the shared arithmetic.
+pub(super) trait Block32: Sized + Send + Sync {
+    const BYTES: usize;
+    /// Whether blocks add a minimum (`scale · q + min`).
+    const HAS_MIN: bool = false;
+    fn read(bytes: &[u8]) -> Self;
+    /// The block's integers in activation order (the weights over the scale).
+    fn values(&self) -> [i8; BLOCK];
+    fn scale(&self) -> f32;
+    fn min(&self) -> f32 {
+        0.0
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(
+        cpu: Avx512,
+        weights: &[Self],
+        per_row: usize,
+        activations: &[Q8Activations],
+        out: &mut [f32],
+    );
+}
+
+impl<B: Block32> WeightBlock for B {
+    const BYTES: usize = B::BYTES;
     type Activations = Q8Activations;
+
+    fn read(bytes: &[u8]) -> Self {
+        B::read(bytes)
+    }
+
+    /// As ggml's `dequantize_row`: `q · scale`, plus the minimum where there is one.
+    fn dequantize(&self, out: &mut [f32]) {
+        for (out, q) in out.iter_mut().zip(self.values()) {
+            *out = f32::from(q) * self.scale();
+            if B::HAS_MIN {
+                *out += self.min();
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dot_row(weights: &[Self], activations: &[Q8Activations]) -> f32 {
+        dot_row(weights, activations)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(
+        cpu: Avx512,
+        weights: &[Self],
+        per_row: usize,
+        activations: &[Q8Activations],
+        out: &mut [f32],
+    ) {
+        B::avx512_rows(cpu, weights, per_row, activations, out);
+    }
+}
+
+/// One row times one token, in 16 float lanes over pairs of blocks, as ggml's SIMD kernels
+/// sum. Lane l of pair p takes block 2p + l / 8: its values 4(l mod 8) to 4(l mod 8) + 3 meet
+/// their activations in an exact integer sum, which the lane adds times the product of the
+/// block's and the activations' scales in one fused multiply-add. A lone last block pairs with
+/// an empty one (zero weights, activations, scales and minimum). Minimums times the
+/// activations' scaled sums accumulate likewise in lanes of their own: lane 0 for the first
+/// block of each pair, lane 8 for the second. Each set of lanes is then summed pairwise
+/// (`sum_lanes`).
+#[inline(always)]
+pub(super) fn dot_row<B: Block32>(weights: &[B], activations: &[Q8Activations]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut min_lanes = [0f32; LANES];
+    for (w, a) in weights.chunks(2).zip(activations.chunks(2)) {
+        for (half, lanes) in lanes.chunks_exact_mut(LANES / 2).enumerate() {
+            let min_lane = &mut min_lanes[half * LANES / 2];
+            let (Some(w), Some(a)) = (w.get(half), a.get(half)) else {
+                for lane in lanes {
+                    *lane = 0f32.mul_add(0.0, *lane);
+                }
+                *min_lane = 0f32.mul_add(0.0, *min_lane);
+                continue;
+            };
+            let values = w.values();
+            let scale = w.scale() * a.scale;
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let sum: i32 = (4 * l..4 * l + 4)
+                    .map(|j| i32::from(values[j]) * i32::from(a.values[j]))
+                    .sum();
+                *lane = (sum as f32).mul_add(scale, *lane);
+            }
+            *min_lane = w.min().mul_add(a.scaled_sum, *min_lane);
+        }
+    }
+    let mut total = sum_lanes(&lanes);
+    if B::HAS_MIN {
+        total += sum_lanes(&min_lanes);
+    }
+    total
+}
+
+/// Lanes i and i + 8 added, then i and i + 4 of those, then i and i + 2, then the two left.
+#[inline(always)]
+pub(super) fn sum_lanes(lanes: &[f32; LANES]) -> f32 {
+    let mut width = LANES;
+    let mut sums = *lanes;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            sums[i] += sums[i + width];
+        }
+    }
+    sums[0]
+}
+
+impl Block32 for Q4_0 {
+    const BYTES: usize = 2 + BLOCK / 2;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -102,22 +222,23 @@ impl WeightBlock for Q4_0 {
         }
     }
 
-    #[inline(always)]
-    fn dot(&self, a: &Q8Activations) -> f32 {
-        nibble_dot(&self.nibbles, 8, a) as f32 * self.scale * a.scale
+    fn values(&self) -> [i8; BLOCK] {
+        unpack_nibbles(&self.nibbles, 0, 8)
     }
 
-    fn dequantize(&self, out: &mut [f32]) {
-        for (j, byte) in self.nibbles.iter().enumerate() {
-            out[j] = (i32::from(byte & 0x0F) - 8) as f32 * self.scale;
-            out[j + BLOCK / 2] = (i32::from(byte >> 4) - 8) as f32 * self.scale;
-        }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+        cpu.q4_0_rows(w, per_row, a, out);
     }
 }
 
-impl WeightBlock for Q4_1 {
+impl Block32 for Q4_1 {
     const BYTES: usize = 4 + BLOCK / 2;
-    type Activations = Q8Activations;
+    const HAS_MIN: bool = true;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -127,23 +248,26 @@ impl WeightBlock for Q4_1 {
         }
     }
 
-    #[inline(always)]
-    fn dot(&self, a: &Q8Activations) -> f32 {
-        let sum = nibble_dot(&self.nibbles, 0, a);
-        sum as f32 * self.scale * a.scale + self.min * a.scaled_sum
+    fn values(&self) -> [i8; BLOCK] {
+        unpack_nibbles(&self.nibbles, 0, 0)
     }
 
-    fn dequantize(&self, out: &mut [f32]) {
-        for (j, byte) in self.nibbles.iter().enumerate() {
-            out[j] = f32::from(byte & 0x0F) * self.scale + self.min;
-            out[j + BLOCK / 2] = f32::from(byte >> 4) * self.scale + self.min;
-        }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    fn min(&self) -> f32 {
+        self.min
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+        cpu.q4_1_rows(w, per_row, a, out);
     }
 }
 
-impl WeightBlock for Q5_0 {
+impl Block32 for Q5_0 {
     const BYTES: usize = 2 + 4 + BLOCK / 2;
-    type Activations = Q8Activations;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -153,34 +277,22 @@ impl WeightBlock for Q5_0 {
         }
     }
 
-    #[inline(always)]
-    fn dot(&self, a: &Q8Activations) -> f32 {
-        let mut sum = 0i32;
-        for j in 0..BLOCK / 2 {
-            let fifth = |bit: usize| (((self.high_bits >> bit) & 1) << 4) as i32;
-            let low = (i32::from(self.nibbles[j] & 0x0F) | fifth(j)) - 16;
-            let high = (i32::from(self.nibbles[j] >> 4) | fifth(j + BLOCK / 2)) - 16;
-            sum += low * i32::from(a.values[j]) + high * i32::from(a.values[j + BLOCK / 2]);
-        }
-        sum as f32 * self.scale * a.scale
+    fn values(&self) -> [i8; BLOCK] {
+        unpack_nibbles(&self.nibbles, self.high_bits, 16)
     }
 
-    fn dequantize(&self, out: &mut [f32]) {
-        for (j, out) in out.iter_mut().enumerate() {
-            let nibble = if j < BLOCK / 2 {
-                self.nibbles[j] & 0x0F
-            } else {
-                self.nibbles[j - BLOCK / 2] >> 4
-            };
-            let fifth = ((self.high_bits >> j) & 1) << 4;
-            *out = ((i32::from(nibble) | fifth as i32) - 16) as f32 * self.scale;
-        }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+        cpu.q5_0_rows(w, per_row, a, out);
     }
 }
 
-impl WeightBlock for Q8_0 {
+impl Block32 for Q8_0 {
     const BYTES: usize = 2 + BLOCK;
-    type Activations = Q8Activations;
 
     fn read(bytes: &[u8]) -> Self {
         let mut values = [0i8; BLOCK];
@@ -193,18 +305,16 @@ impl WeightBlock for Q8_0 {
         }
     }
 
-    #[inline(always)]
-    fn dot(&self, a: &Q8Activations) -> f32 {
-        let mut sum = 0i32;
-        for (w, x) in self.values.iter().zip(&a.values) {
-            sum += i32::from(*w) * i32::from(*x);
-        }
-        sum as f32 * (self.scale * a.scale)
+    fn values(&self) -> [i8; BLOCK] {
+        self.values
     }
 
-    fn dequantize(&self, out: &mut [f32]) {
-        for (out, q) in out.iter_mut().zip(&self.values) {
-            *out = f32::from(*q) * self.scale;
-        }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+        cpu.q8_0_rows(w, per_row, a, out);
     }
 }

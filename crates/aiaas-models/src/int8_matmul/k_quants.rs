@@ -4,6 +4,8 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512::Avx512;
 use super::{ActivationBlock, WeightBlock};
 
 const SUPER: usize = 256;
@@ -11,7 +13,7 @@ const SUPER: usize = 256;
 /// 256 activations quantized to 8 bits (ggml's Q8_K), with the sums of each run of 16.
 pub struct Q8KActivations {
     scale: f32,
-    values: [i8; SUPER],
+    pub(super) values: [i8; SUPER],
     sums: [i16; SUPER / 16],
 }
 
@@ -61,10 +63,10 @@ fn half(bytes: &[u8]) -> f32 {
 pub struct Q4K {
     scale: f32,
     min: f32,
-    sub_scales: [u8; 8],
+    pub(super) sub_scales: [u8; 8],
     sub_mins: [u8; 8],
     /// Byte j of run r (32 bytes): value 64r + j in the low nibble, 64r + 32 + j in the high.
-    nibbles: [u8; SUPER / 2],
+    pub(super) nibbles: [u8; SUPER / 2],
 }
 
 impl Q4K {
@@ -82,8 +84,37 @@ impl Q4K {
         }
         (scales, mins)
     }
+
+    #[inline(always)]
+    pub(super) fn integer_dot(&self, a: &Q8KActivations) -> i32 {
+        let mut sum = 0i32;
+        for run in 0..4 {
+            let nibbles = &self.nibbles[32 * run..32 * run + 32];
+            let acts = &a.values[64 * run..64 * run + 64];
+            let (mut low, mut high) = (0i32, 0i32);
+            for j in 0..32 {
+                low += i32::from(nibbles[j] & 0x0F) * i32::from(acts[j]);
+                high += i32::from(nibbles[j] >> 4) * i32::from(acts[32 + j]);
+            }
+            sum += i32::from(self.sub_scales[2 * run]) * low
+                + i32::from(self.sub_scales[2 * run + 1]) * high;
+        }
+        sum
+    }
+
+    /// Also subtracts the minimums, whose integer part needs only the activations' run sums.
+    #[inline(always)]
+    pub(super) fn apply_scales(&self, sum: i32, a: &Q8KActivations) -> f32 {
+        let mut mins = 0i32;
+        for (j, s) in a.sums.iter().enumerate() {
+            mins += i32::from(*s) * i32::from(self.sub_mins[j / 2]);
+        }
+        self.scale * a.scale * sum as f32 - self.min * a.scale * mins as f32
+    }
 }
 
+/// K-quant products: exact integer sums, then one float expression a super-block, added block
+/// after block, as ggml's reference `vec_dot` computes them; every kernel does the same.
 impl WeightBlock for Q4K {
     const BYTES: usize = 2 + 2 + 12 + SUPER / 2;
     type Activations = Q8KActivations;
@@ -101,25 +132,17 @@ impl WeightBlock for Q4K {
         }
     }
 
-    #[inline(always)]
-    fn dot(&self, a: &Q8KActivations) -> f32 {
-        let mut sum = 0i32;
-        for run in 0..4 {
-            let nibbles = &self.nibbles[32 * run..32 * run + 32];
-            let acts = &a.values[64 * run..64 * run + 64];
-            let (mut low, mut high) = (0i32, 0i32);
-            for j in 0..32 {
-                low += i32::from(nibbles[j] & 0x0F) * i32::from(acts[j]);
-                high += i32::from(nibbles[j] >> 4) * i32::from(acts[32 + j]);
-            }
-            sum += i32::from(self.sub_scales[2 * run]) * low
-                + i32::from(self.sub_scales[2 * run + 1]) * high;
+    fn dot_row(weights: &[Self], activations: &[Q8KActivations]) -> f32 {
+        let mut total = 0f32;
+        for (w, a) in weights.iter().zip(activations) {
+            total += w.apply_scales(w.integer_dot(a), a);
         }
-        let mut mins = 0i32;
-        for (j, s) in a.sums.iter().enumerate() {
-            mins += i32::from(*s) * i32::from(self.sub_mins[j / 2]);
-        }
-        self.scale * a.scale * sum as f32 - self.min * a.scale * mins as f32
+        total
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8KActivations], out: &mut [f32]) {
+        cpu.q4k_rows(w, per_row, a, out);
     }
 
     fn dequantize(&self, out: &mut [f32]) {
@@ -141,37 +164,17 @@ impl WeightBlock for Q4K {
 /// in `low`, two in `high`) and signed 8-bit sub-block scales sᵢ.
 pub struct Q6K {
     scale: f32,
-    low: [u8; SUPER / 2],
-    high: [u8; SUPER / 4],
-    sub_scales: [i8; SUPER / 16],
+    pub(super) low: [u8; SUPER / 2],
+    pub(super) high: [u8; SUPER / 4],
+    pub(super) sub_scales: [i8; SUPER / 16],
 }
 
-impl WeightBlock for Q6K {
-    const BYTES: usize = SUPER / 2 + SUPER / 4 + SUPER / 16 + 2;
-    type Activations = Q8KActivations;
-
-    fn read(bytes: &[u8]) -> Self {
-        let mut sub_scales = [0i8; SUPER / 16];
-        for (s, b) in sub_scales.iter_mut().zip(&bytes[192..208]) {
-            *s = *b as i8;
-        }
-        Self {
-            scale: half(&bytes[208..210]),
-            low: bytes[0..128]
-                .try_into()
-                .expect("128 bytes by the block layout"),
-            high: bytes[128..192]
-                .try_into()
-                .expect("64 bytes by the block layout"),
-            sub_scales,
-        }
-    }
-
+impl Q6K {
     /// Each half (128 values) keeps, for l in 0..32, four values: l and l + 64 in the low and
     /// high nibbles of `low[l]`, l + 32 and l + 96 in those of `low[l + 32]`, with their two top
     /// bits in `high[l]` (bits 0-1, 4-5, 2-3, 6-7 respectively).
     #[inline(always)]
-    fn dot(&self, a: &Q8KActivations) -> f32 {
+    pub(super) fn integer_dot(&self, a: &Q8KActivations) -> i32 {
         let mut sum = 0i32;
         for half in 0..2 {
             let low = &self.low[64 * half..64 * half + 64];
@@ -197,7 +200,47 @@ impl WeightBlock for Q6K {
                 }
             }
         }
+        sum
+    }
+
+    #[inline(always)]
+    pub(super) fn apply_scales(&self, sum: i32, a: &Q8KActivations) -> f32 {
         self.scale * a.scale * sum as f32
+    }
+}
+
+impl WeightBlock for Q6K {
+    const BYTES: usize = SUPER / 2 + SUPER / 4 + SUPER / 16 + 2;
+    type Activations = Q8KActivations;
+
+    fn read(bytes: &[u8]) -> Self {
+        let mut sub_scales = [0i8; SUPER / 16];
+        for (s, b) in sub_scales.iter_mut().zip(&bytes[192..208]) {
+            *s = *b as i8;
+        }
+        Self {
+            scale: half(&bytes[208..210]),
+            low: bytes[0..128]
+                .try_into()
+                .expect("128 bytes by the block layout"),
+            high: bytes[128..192]
+                .try_into()
+                .expect("64 bytes by the block layout"),
+            sub_scales,
+        }
+    }
+
+    fn dot_row(weights: &[Self], activations: &[Q8KActivations]) -> f32 {
+        let mut total = 0f32;
+        for (w, a) in weights.iter().zip(activations) {
+            total += w.apply_scales(w.integer_dot(a), a);
+        }
+        total
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8KActivations], out: &mut [f32]) {
+        cpu.q6k_rows(w, per_row, a, out);
     }
 
     fn dequantize(&self, out: &mut [f32]) {

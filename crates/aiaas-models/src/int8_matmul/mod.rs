@@ -1,9 +1,10 @@
 //! GGUF quantized weights times f32 activations, computed as ggml computes it: each activation
 //! row is quantized to 8-bit blocks, each weight block meets its activation block in an integer
-//! dot product, then the scales apply. The arithmetic follows ggml's reference code as candle's
-//! CPU path does (integer sums are exact; only the order of float additions differs), but the
-//! loops are written for the compiler to vectorize with the CPU's widest SIMD (`vectorized`),
-//! and output rows are shared out among the threads.
+//! dot product, then the scales apply. Each format defines its float arithmetic exactly
+//! (`WeightBlock::dot_row`: for 32-weight blocks, 16 lanes as ggml's SIMD kernels sum; for
+//! K-quants, ggml's reference order), and every kernel computes it to the bit: the AVX-512 VNNI
+//! kernels (`avx512`, chosen at run time when the CPU has them) and the portable one, compiled
+//! for the CPU's widest SIMD (`vectorized`). Output rows are shared out among the threads.
 //!
 //! A row of the result is computed the same way whatever the number of rows: batching
 //! sequences together never changes any of them (candle picks different kernels by row count
@@ -12,6 +13,8 @@
 //! Formats: `blocks` (32 weights a block: Q4_0, Q4_1, Q5_0, Q8_0, against ggml's Q8_0/Q8_1
 //! activations) and `k_quants` (256-weight super-blocks: Q4_K, Q6_K, against Q8_K activations).
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod blocks;
 mod k_quants;
 
@@ -38,18 +41,40 @@ pub trait WeightBlock: Sized + Send + Sync {
     const BYTES: usize;
     type Activations: ActivationBlock;
     fn read(bytes: &[u8]) -> Self;
-    fn dot(&self, activations: &Self::Activations) -> f32;
     /// The block's weights as f32, computed as ggml's (and candle's) `dequantize_row` does.
     fn dequantize(&self, out: &mut [f32]);
+    /// One row of blocks times one token's activations: the arithmetic that every kernel for
+    /// the format computes, to the bit.
+    fn dot_row(weights: &[Self], activations: &[Self::Activations]) -> f32;
+    /// `weights` (rows of `per_row` blocks) times every token's activations into `out`
+    /// (`tokens` values a row), as `dot_row` computes each, with AVX-512 VNNI instructions.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_rows(
+        cpu: avx512::Avx512,
+        weights: &[Self],
+        per_row: usize,
+        activations: &[Self::Activations],
+        out: &mut [f32],
+    );
+}
 
-    /// One weight row times one quantized activation row, block after block.
-    #[inline(always)]
-    fn dot_row(weights: &[Self], activations: &[Self::Activations]) -> f32 {
-        let mut total = 0f32;
-        for (w, a) in weights.iter().zip(activations) {
-            total += w.dot(a);
+/// `weights` (rows of `per_row` blocks) times every token's activations (`per_row` blocks each)
+/// into `out` (`tokens` values a row): the portable kernel.
+#[inline(always)]
+fn portable_rows<B: WeightBlock>(
+    weights: &[B],
+    per_row: usize,
+    activations: &[B::Activations],
+    out: &mut [f32],
+) {
+    let tokens = activations.len() / per_row;
+    for (row, totals) in weights
+        .chunks_exact(per_row)
+        .zip(out.chunks_exact_mut(tokens))
+    {
+        for (total, token) in totals.iter_mut().zip(activations.chunks_exact(per_row)) {
+            *total = B::dot_row(row, token);
         }
-        total
     }
 }
 
@@ -120,23 +145,21 @@ impl<B: WeightBlock> Product for QuantizedMatrix<B> {
         // Computed output row by output row (each weight row read once for all tokens), then
         // turned to token-major order.
         let mut by_row = vec![0f32; self.rows * tokens];
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = avx512::Avx512::detect();
         by_row
             .par_chunks_mut(ROWS_PER_TASK * tokens)
             .enumerate()
             .for_each(|(task, out)| {
-                let first = task * ROWS_PER_TASK;
+                let rows = out.len() / tokens;
+                let weights = &self.blocks[task * ROWS_PER_TASK * per_row..][..rows * per_row];
+                #[cfg(target_arch = "x86_64")]
+                if let Some(cpu) = avx512 {
+                    return B::avx512_rows(cpu, weights, per_row, &activations, out);
+                }
                 vectorized(
                     #[inline(always)]
-                    || {
-                        for (r, out) in out.chunks_exact_mut(tokens).enumerate() {
-                            let row = first + r;
-                            let weights = &self.blocks[row * per_row..(row + 1) * per_row];
-                            for (token, value) in out.iter_mut().enumerate() {
-                                let acts = &activations[token * per_row..(token + 1) * per_row];
-                                *value = B::dot_row(weights, acts);
-                            }
-                        }
-                    },
+                    || portable_rows(weights, per_row, &activations, out),
                 )
             });
         if tokens == 1 {
@@ -217,6 +240,44 @@ mod tests {
         check::<Q8_0>(GgmlDType::Q8_0);
         check::<Q4K>(GgmlDType::Q4K);
         check::<Q6K>(GgmlDType::Q6K);
+    }
+
+    /// The AVX-512 kernel against the portable one, to the bit: rows whose block count leaves
+    /// an odd tail after whole chunks, several tokens.
+    #[cfg(target_arch = "x86_64")]
+    fn simd_matches_portable<B: WeightBlock>(dtype: GgmlDType, cols: usize) {
+        let Some(cpu) = avx512::Avx512::detect() else {
+            println!("SKIPPED: this CPU has no AVX-512 VNNI, so its kernel cannot be compared");
+            return;
+        };
+        let (rows, tokens) = (5, 3);
+        let (m, _) = quantized::<B>(dtype, rows, cols);
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 104_729) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        let activations: Vec<B::Activations> = x
+            .chunks_exact(B::Activations::SIZE)
+            .map(B::Activations::quantize)
+            .collect();
+        let per_row = cols / B::Activations::SIZE;
+        let mut portable = vec![0f32; rows * tokens];
+        portable_rows(&m.blocks, per_row, &activations, &mut portable);
+        let mut simd = vec![0f32; rows * tokens];
+        B::avx512_rows(cpu, &m.blocks, per_row, &activations, &mut simd);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&simd), bits(&portable), "{dtype:?}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_kernels_equal_the_portable_one_to_the_bit() {
+        // 19 blocks of 32: one chunk of 16 and an odd tail.
+        simd_matches_portable::<Q4_0>(GgmlDType::Q4_0, 19 * 32);
+        simd_matches_portable::<Q4_1>(GgmlDType::Q4_1, 19 * 32);
+        simd_matches_portable::<Q5_0>(GgmlDType::Q5_0, 19 * 32);
+        simd_matches_portable::<Q8_0>(GgmlDType::Q8_0, 19 * 32);
+        simd_matches_portable::<Q4K>(GgmlDType::Q4K, 3 * 256);
+        simd_matches_portable::<Q6K>(GgmlDType::Q6K, 3 * 256);
     }
 
     #[test]

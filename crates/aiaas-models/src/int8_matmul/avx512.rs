@@ -1,0 +1,414 @@
+//! AVX-512 VNNI kernels for every format's products. `vpdpbusd` multiplies 64 unsigned weight
+//! bytes by 64 signed activation bytes and sums each run of four into one of 16 lanes: a pair of
+//! 32-weight blocks takes one instruction where the portable loop takes dozens. Each kernel
+//! computes its format's `WeightBlock::dot_row` arithmetic exactly (integer sums are exact; the
+//! float operations are the same, in the same order), so results equal the portable kernel's to
+//! the bit, whatever the batch.
+//!
+//! Weights are unpacked once a chunk and then meet a tile of tokens.
+//!
+//! The kernels are `#[target_feature]` functions, undefined behaviour on a CPU without those
+//! instructions: `Avx512` is a token that only `detect` creates, after checking, and its methods
+//! are the kernels' only callers. This is the module's only `unsafe`.
+#![allow(unsafe_code)]
+// Closures defined here carry the target features, so `Option::map` and its kin, compiled
+// without them, cannot inline them: each call would stay a call (measured: 2× slower).
+#![allow(clippy::manual_map)]
+
+use std::arch::x86_64::*;
+
+use bytemuck::{bytes_of, pod_read_unaligned};
+
+use super::blocks::{self, Block32, Q8Activations, LANES, Q4_0, Q4_1, Q5_0, Q8_0};
+use super::k_quants::{Q8KActivations, Q4K, Q6K};
+
+/// Proof that this CPU has AVX-512 F, BW and VNNI.
+#[derive(Clone, Copy)]
+pub struct Avx512(());
+
+impl Avx512 {
+    pub fn detect() -> Option<Self> {
+        let found = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni");
+        found.then_some(Self(()))
+    }
+}
+
+/// A safe method of the token for each kernel.
+macro_rules! entry_points {
+    ($($method:ident: $kernel:ident($block:ty, $activations:ty);)*) => {
+        impl Avx512 {
+            $(
+                pub fn $method(
+                    self,
+                    weights: &[$block],
+                    per_row: usize,
+                    activations: &[$activations],
+                    out: &mut [f32],
+                ) {
+                    // SAFETY: `self` exists only where `detect` found the features the kernel
+                    // is compiled for.
+                    unsafe { $kernel(weights, per_row, activations, out) }
+                }
+            )*
+        }
+    };
+}
+
+entry_points! {
+    q4_0_rows: q4_0(Q4_0, Q8Activations);
+    q4_1_rows: q4_1(Q4_1, Q8Activations);
+    q5_0_rows: q5_0(Q5_0, Q8Activations);
+    q8_0_rows: q8_0(Q8_0, Q8Activations);
+    q4k_rows: q4k(Q4K, Q8KActivations);
+    q6k_rows: q6k(Q6K, Q8KActivations);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q4_0(weights: &[Q4_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+    let unpack = |a: &Q4_0, b: Option<&Q4_0>| {
+        let b = if let Some(b) = b {
+            Some(&b.nibbles)
+        } else {
+            None
+        };
+        nibble_pair(&a.nibbles, b)
+    };
+    let dot = |w, x| offset_dot(w, x, 8);
+    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q4_1(weights: &[Q4_1], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+    let unpack = |a: &Q4_1, b: Option<&Q4_1>| {
+        let b = if let Some(b) = b {
+            Some(&b.nibbles)
+        } else {
+            None
+        };
+        nibble_pair(&a.nibbles, b)
+    };
+    let dot = |w, x| offset_dot(w, x, 0);
+    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q5_0(weights: &[Q5_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+    let unpack = |a: &Q5_0, b: Option<&Q5_0>| {
+        let b_bits = if let Some(b) = b { b.high_bits } else { 0 };
+        let fifth_bits = u64::from(a.high_bits) | (u64::from(b_bits) << 32);
+        let fifth = _mm512_maskz_mov_epi8(fifth_bits, _mm512_set1_epi8(0x10));
+        let b = if let Some(b) = b {
+            Some(&b.nibbles)
+        } else {
+            None
+        };
+        _mm512_or_si512(nibble_pair(&a.nibbles, b), fifth)
+    };
+    let dot = |w, x| offset_dot(w, x, 16);
+    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q8_0(weights: &[Q8_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+    let unpack = |a: &Q8_0, b: Option<&Q8_0>| {
+        let b = if let Some(b) = b {
+            bytes_of(&b.values)
+        } else {
+            &[0; 32]
+        };
+        halves(bytes_of(&a.values), b)
+    };
+    // Signed weights: their magnitudes as the unsigned operand, their signs moved onto the
+    // activations (which lie in -127..=127, so negating one never overflows).
+    let dot = |w, x| {
+        let negate = _mm512_movepi8_mask(w);
+        let x = _mm512_mask_sub_epi8(x, negate, _mm512_setzero_si512(), x);
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), x)
+    };
+    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q4k(weights: &[Q4K], per_row: usize, activations: &[Q8KActivations], out: &mut [f32]) {
+    // Run r: 32 bytes, value 64r + j in the low nibble of byte j and 64r + 32 + j in its high
+    // one; sub-block 2r in lanes 0-7, 2r + 1 in lanes 8-15.
+    let unpack = |block: &Q4K| {
+        let mut values = [_mm512_setzero_si512(); 4];
+        let mut scales = [_mm512_setzero_si512(); 4];
+        for run in 0..4 {
+            let bytes: __m256i = pod_read_unaligned(&block.nibbles[32 * run..][..32]);
+            let high = _mm256_srli_epi16::<4>(bytes);
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bytes), high);
+            values[run] = _mm512_and_si512(both, _mm512_set1_epi8(0x0F));
+            let (low, high) = (block.sub_scales[2 * run], block.sub_scales[2 * run + 1]);
+            scales[run] = _mm512_inserti64x4::<1>(
+                _mm512_set1_epi32(i32::from(low)),
+                _mm256_set1_epi32(i32::from(high)),
+            );
+        }
+        (values, scales)
+    };
+    rows_of_super_blocks(
+        weights,
+        per_row,
+        activations,
+        out,
+        unpack,
+        0,
+        Q4K::apply_scales,
+    );
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q6k(weights: &[Q6K], per_row: usize, activations: &[Q8KActivations], out: &mut [f32]) {
+    // Vector v holds values 64v..64v + 64, sub-blocks 4v..4v + 4 (four lanes each). In half h,
+    // low nibbles of `low` give values 128h + 0..64, high nibbles 128h + 64..128; the two top
+    // bits come from `high` (32 bytes) at shifts 0, 2, 4, 6 for each quarter.
+    let unpack = |block: &Q6K| {
+        let scale_bytes: __m128i = pod_read_unaligned(bytes_of(&block.sub_scales));
+        let lane_sub_block = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let mut values = [_mm512_setzero_si512(); 4];
+        let mut scales = [_mm512_setzero_si512(); 4];
+        for half in 0..2 {
+            let low: __m512i = pod_read_unaligned(&block.low[64 * half..][..64]);
+            let high: __m256i = pod_read_unaligned(&block.high[32 * half..][..32]);
+            let high = _mm512_broadcast_i64x4(high);
+            for (k, (nibbles, shifts)) in [(low, (0, 2)), (_mm512_srli_epi16::<4>(low), (4, 6))]
+                .into_iter()
+                .enumerate()
+            {
+                let v = 2 * half + k;
+                let counts = _mm512_inserti64x4::<1>(
+                    _mm512_set1_epi16(shifts.0),
+                    _mm256_set1_epi16(shifts.1),
+                );
+                let top = _mm512_and_si512(_mm512_srlv_epi16(high, counts), _mm512_set1_epi8(3));
+                let nibbles = _mm512_and_si512(nibbles, _mm512_set1_epi8(0x0F));
+                values[v] = _mm512_or_si512(nibbles, _mm512_slli_epi16::<4>(top));
+                let index = _mm_add_epi8(lane_sub_block, _mm_set1_epi8(4 * v as i8));
+                scales[v] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(scale_bytes, index));
+            }
+        }
+        (values, scales)
+    };
+    rows_of_super_blocks(
+        weights,
+        per_row,
+        activations,
+        out,
+        unpack,
+        32,
+        Q6K::apply_scales,
+    );
+}
+
+/// Rows of 32-weight blocks times every token, as `blocks::dot_row` computes each: `unpack`
+/// gives two blocks' weights (the second may be missing: zeros) as 64 unsigned bytes in
+/// activation order, `dot` the 16 integer lane sums of such a pair with a pair of activation
+/// blocks. Tokens go in tiles of 8 (then 4, 2, 1), whose running sums stay in registers while
+/// each pair of weight blocks, unpacked once, meets all of them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn rows_of_pairs<B: Block32>(
+    weights: &[B],
+    per_row: usize,
+    activations: &[Q8Activations],
+    out: &mut [f32],
+    unpack: impl Fn(&B, Option<&B>) -> __m512i,
+    dot: impl Fn(__m512i, __m512i) -> __m512i,
+) {
+    let tokens = activations.len() / per_row;
+    let mut first = 0;
+    while first < tokens {
+        let tile = Tile {
+            weights,
+            per_row,
+            activations,
+            out: &mut *out,
+            tokens,
+            first,
+        };
+        first += match tokens - first {
+            8.. => tile.run::<8>(&unpack, &dot),
+            4.. => tile.run::<4>(&unpack, &dot),
+            2.. => tile.run::<2>(&unpack, &dot),
+            _ => tile.run::<1>(&unpack, &dot),
+        };
+    }
+}
+
+/// Tokens `first..` of a product of rows of 32-weight blocks.
+struct Tile<'a, B> {
+    weights: &'a [B],
+    per_row: usize,
+    activations: &'a [Q8Activations],
+    out: &'a mut [f32],
+    tokens: usize,
+    first: usize,
+}
+
+impl<B: Block32> Tile<'_, B> {
+    /// Computes `T` tokens from `first` on (the caller makes sure there are as many), and says
+    /// how many.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    fn run<const T: usize>(
+        self,
+        unpack: &impl Fn(&B, Option<&B>) -> __m512i,
+        dot: &impl Fn(__m512i, __m512i) -> __m512i,
+    ) -> usize {
+        let per_row = self.per_row;
+        let acts: [&[Q8Activations]; T] =
+            std::array::from_fn(|t| &self.activations[(self.first + t) * per_row..][..per_row]);
+        let rows = self.weights.chunks_exact(per_row);
+        for (row, totals) in rows.zip(self.out.chunks_exact_mut(self.tokens)) {
+            let mut lanes = [_mm512_setzero_ps(); T];
+            // Minimums' lanes 0 and 8 (the others stay zero): those of the pairs' first and
+            // second blocks.
+            let mut min_lanes = [[0f32; 2]; T];
+            // Block `w` (and `v`, if any) times their activations in token t.
+            let mut step = |t: usize, pair: __m512i, w: &B, v: Option<&B>, j: usize| {
+                let a = &acts[t][j];
+                let (second, scale, min): (&[u8], f32, f32) = match v {
+                    Some(v) => {
+                        let b = &acts[t][j + 1];
+                        let min = if B::HAS_MIN {
+                            v.min().mul_add(b.scaled_sum, min_lanes[t][1])
+                        } else {
+                            0.0
+                        };
+                        (bytes_of(&b.values), v.scale() * b.scale, min)
+                    }
+                    None => (&[0; 32], 0.0 * 0.0, 0f32.mul_add(0.0, min_lanes[t][1])),
+                };
+                let x = halves(bytes_of(&a.values), second);
+                let scales = pair_of(w.scale() * a.scale, scale);
+                lanes[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(pair, x)), scales, lanes[t]);
+                if B::HAS_MIN {
+                    min_lanes[t][0] = w.min().mul_add(a.scaled_sum, min_lanes[t][0]);
+                    min_lanes[t][1] = min;
+                }
+            };
+            let (whole, last) = row.as_chunks::<2>();
+            for (p, [w, v]) in whole.iter().enumerate() {
+                let pair = unpack(w, Some(v));
+                for t in 0..T {
+                    step(t, pair, w, Some(v), 2 * p);
+                }
+            }
+            if let [w] = last {
+                let pair = unpack(w, None);
+                for t in 0..T {
+                    step(t, pair, w, None, 2 * whole.len());
+                }
+            }
+            let totals = &mut totals[self.first..][..T];
+            for ((total, lanes), [even, odd]) in totals.iter_mut().zip(lanes).zip(min_lanes) {
+                *total = sum_lanes(lanes);
+                if B::HAS_MIN {
+                    let mut min_lanes = [0f32; LANES];
+                    (min_lanes[0], min_lanes[LANES / 2]) = (even, odd);
+                    *total += blocks::sum_lanes(&min_lanes);
+                }
+            }
+        }
+        T
+    }
+}
+
+/// `a` in lanes 0-7, `b` in lanes 8-15.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn pair_of(a: f32, b: f32) -> __m512 {
+    let both = _mm512_castps128_ps512(_mm_unpacklo_ps(_mm_set_ss(a), _mm_set_ss(b)));
+    _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        both,
+    )
+}
+
+/// `blocks::sum_lanes`: lanes i and i + 8 added, then i and i + 4, i and i + 2, the last two.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn sum_lanes(lanes: __m512) -> f32 {
+    let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(lanes)));
+    let eight = _mm256_add_ps(_mm512_castps512_ps256(lanes), high);
+    let four = _mm_add_ps(
+        _mm256_castps256_ps128(eight),
+        _mm256_extractf128_ps::<1>(eight),
+    );
+    let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
+}
+
+/// Rows of 256-weight super-blocks times every token: `unpack` gives a block's weights as four
+/// vectors of 64 unsigned bytes in activation order, and for each vector its lanes' sub-block
+/// scales; `offset` is subtracted from every weight; `apply_scales` is the format's float part.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn rows_of_super_blocks<B>(
+    weights: &[B],
+    per_row: usize,
+    activations: &[Q8KActivations],
+    out: &mut [f32],
+    unpack: impl Fn(&B) -> ([__m512i; 4], [__m512i; 4]),
+    offset: i8,
+    apply_scales: impl Fn(&B, i32, &Q8KActivations) -> f32,
+) {
+    let tokens = activations.len() / per_row;
+    for (row, totals) in weights
+        .chunks_exact(per_row)
+        .zip(out.chunks_exact_mut(tokens))
+    {
+        for (i, block) in row.iter().enumerate() {
+            let (values, scales) = unpack(block);
+            for (total, token) in totals.iter_mut().zip(activations.chunks_exact(per_row)) {
+                let a = &token[i];
+                let bytes = bytes_of(&a.values);
+                let mut sum = _mm512_setzero_si512();
+                for (k, (w, scale)) in values.iter().zip(&scales).enumerate() {
+                    let x: __m512i = pod_read_unaligned(&bytes[64 * k..][..64]);
+                    let part = _mm512_mullo_epi32(offset_dot(*w, x, offset), *scale);
+                    sum = _mm512_add_epi32(sum, part);
+                }
+                *total += apply_scales(block, _mm512_reduce_add_epi32(sum), a);
+            }
+        }
+    }
+}
+
+/// Lane sums of `(w - offset) · x` for unsigned `w`: the offset's share is taken off exactly.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn offset_dot(w: __m512i, x: __m512i, offset: i8) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let sum = _mm512_dpbusd_epi32(zero, w, x);
+    if offset == 0 {
+        return sum;
+    }
+    _mm512_sub_epi32(sum, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(offset), x))
+}
+
+/// Two blocks of 16 bytes of nibbles (value j low in byte j, value j + 16 high) as 64 values:
+/// block `a`'s 32, then `b`'s (zeros if there is none).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn nibble_pair(a: &[u8; 16], b: Option<&[u8; 16]>) -> __m512i {
+    let b = b.unwrap_or(&[0; 16]);
+    let both = _mm256_set_m128i(pod_read_unaligned(b), pod_read_unaligned(a));
+    let all = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(both), _mm256_srli_epi16::<4>(both));
+    // [a, b, a >> 4, b >> 4] in 128-bit lanes, reordered to [a, a >> 4, b, b >> 4].
+    let ordered = _mm512_shuffle_i64x2::<0b11_01_10_00>(all, all);
+    _mm512_and_si512(ordered, _mm512_set1_epi8(0x0F))
+}
+
+/// 32 bytes from each slice, `low` then `high`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn halves(low: &[u8], high: &[u8]) -> __m512i {
+    let low: __m256i = pod_read_unaligned(low);
+    let high: __m256i = pod_read_unaligned(high);
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high)
+}
