@@ -36,6 +36,19 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// `x.round()` (halves away from zero) for |x| < 2²³, in operations that vectorize
+/// (`f32::round` is a library call on x86).
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    let whole = x.trunc();
+    // Exact: `x` and `whole` share their exponent or `whole` is zero.
+    if (x - whole).abs() >= 0.5 {
+        whole + 1f32.copysign(x)
+    } else {
+        whole
+    }
+}
+
 /// The error function, |error| < 1.5·10⁻⁷ (Abramowitz & Stegun 7.1.26).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
@@ -88,6 +101,15 @@ pub fn max(values: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_is_f32_round_to_the_bit() {
+        let halves = [0.5f32, 1.5, 2.5, 126.5, 0.499_999_97, 0.500_000_06];
+        let sweep = (-300_000..300_000).map(|i| i as f32 * 0.000_437);
+        for x in halves.into_iter().flat_map(|h| [h, -h]).chain(sweep) {
+            assert_eq!(round(x).to_bits(), x.round().to_bits(), "{x}");
+        }
+    }
 
     #[test]
     fn exp_is_accurate_over_the_softmax_range() {

@@ -306,6 +306,13 @@ impl Decoder {
     /// this crate multiplies itself; candle's kernels, used for the others, may pick another
     /// method by row count.
     pub fn forward_batch(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        // On a thread of the pool, the pass's few hundred parallel loops (products, attention,
+        // candle's element-wise ops) are handed out there; from any other thread each would
+        // wake the pool and put this thread to sleep until it is done.
+        rayon::scope(|_| self.forward_batch_on_pool(batch))
+    }
+
+    fn forward_batch_on_pool(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         if batch.iter().any(|entry| entry.tokens.is_empty()) || batch.is_empty() {
             return Err(ModelError::Format("forward called with no tokens".into()));
         }

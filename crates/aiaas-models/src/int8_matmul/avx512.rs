@@ -67,28 +67,14 @@ entry_points! {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn q4_0(weights: &[Q4_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
-    let unpack = |a: &Q4_0, b: Option<&Q4_0>| {
-        let b = if let Some(b) = b {
-            Some(&b.nibbles)
-        } else {
-            None
-        };
-        nibble_pair(&a.nibbles, b)
-    };
+    let unpack = |a: &Q4_0, b: Option<&Q4_0>| nibble_pair(a, b);
     let dot = |w, x| offset_dot(w, x, 8);
     rows_of_pairs(weights, per_row, activations, out, unpack, dot);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn q4_1(weights: &[Q4_1], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
-    let unpack = |a: &Q4_1, b: Option<&Q4_1>| {
-        let b = if let Some(b) = b {
-            Some(&b.nibbles)
-        } else {
-            None
-        };
-        nibble_pair(&a.nibbles, b)
-    };
+    let unpack = |a: &Q4_1, b: Option<&Q4_1>| nibble_pair(a, b);
     let dot = |w, x| offset_dot(w, x, 0);
     rows_of_pairs(weights, per_row, activations, out, unpack, dot);
 }
@@ -99,12 +85,7 @@ fn q5_0(weights: &[Q5_0], per_row: usize, activations: &[Q8Activations], out: &m
         let b_bits = if let Some(b) = b { b.high_bits } else { 0 };
         let fifth_bits = u64::from(a.high_bits) | (u64::from(b_bits) << 32);
         let fifth = _mm512_maskz_mov_epi8(fifth_bits, _mm512_set1_epi8(0x10));
-        let b = if let Some(b) = b {
-            Some(&b.nibbles)
-        } else {
-            None
-        };
-        _mm512_or_si512(nibble_pair(&a.nibbles, b), fifth)
+        _mm512_or_si512(nibble_pair(a, b), fifth)
     };
     let dot = |w, x| offset_dot(w, x, 16);
     rows_of_pairs(weights, per_row, activations, out, unpack, dot);
@@ -391,13 +372,39 @@ fn offset_dot(w: __m512i, x: __m512i, offset: i8) -> __m512i {
     _mm512_sub_epi32(sum, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(offset), x))
 }
 
-/// Two blocks of 16 bytes of nibbles (value j low in byte j, value j + 16 high) as 64 values:
-/// block `a`'s 32, then `b`'s (zeros if there is none).
+/// Formats whose low four bits a value sit in 16 bytes of nibbles: value j low in byte j, value
+/// j + 16 high.
+trait Nibbles {
+    fn nibbles(&self) -> &[u8; 16];
+}
+
+impl Nibbles for Q4_0 {
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.nibbles
+    }
+}
+
+impl Nibbles for Q4_1 {
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.nibbles
+    }
+}
+
+impl Nibbles for Q5_0 {
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.nibbles
+    }
+}
+
+/// Two blocks' nibbles as 64 values: block `a`'s 32, then `b`'s (zeros if there is none).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn nibble_pair(a: &[u8; 16], b: Option<&[u8; 16]>) -> __m512i {
-    let b = b.unwrap_or(&[0; 16]);
-    let both = _mm256_set_m128i(pod_read_unaligned(b), pod_read_unaligned(a));
+fn nibble_pair<B: Nibbles>(a: &B, b: Option<&B>) -> __m512i {
+    let b = match b {
+        Some(b) => b.nibbles(),
+        None => &[0; 16],
+    };
+    let both = _mm256_set_m128i(pod_read_unaligned(b), pod_read_unaligned(a.nibbles()));
     let all = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(both), _mm256_srli_epi16::<4>(both));
     // [a, b, a >> 4, b >> 4] in 128-bit lanes, reordered to [a, a >> 4, b, b >> 4].
     let ordered = _mm512_shuffle_i64x2::<0b11_01_10_00>(all, all);

@@ -4,6 +4,8 @@
 
 use half::f16;
 
+use crate::fast_math;
+
 #[cfg(target_arch = "x86_64")]
 use super::avx512::Avx512;
 use super::{ActivationBlock, WeightBlock};
@@ -29,6 +31,7 @@ impl ActivationBlock for Q8Activations {
     /// of the f16 sum and that scale. (Q8_0 is the same without the sum.) This, rather than
     /// llama.cpp's AVX2 variant (`127 / max`, ties to even, the sum times the f32 scale), is
     /// what reproduces llama.cpp's reference outputs token for token (tests/reference).
+    #[inline(always)]
     fn quantize(x: &[f32]) -> Self {
         let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = max / 127.0;
@@ -36,7 +39,7 @@ impl ActivationBlock for Q8Activations {
         let mut values = [0i8; BLOCK];
         let mut sum = 0i32;
         for (q, v) in values.iter_mut().zip(x) {
-            *q = (v * inverse).round() as i8;
+            *q = fast_math::round(v * inverse) as i8;
             sum += i32::from(*q);
         }
         let scale = f16::from_f32(scale);

@@ -4,6 +4,8 @@
 
 use half::f16;
 
+use crate::fast_math;
+
 #[cfg(target_arch = "x86_64")]
 use super::avx512::Avx512;
 use super::{ActivationBlock, WeightBlock};
@@ -22,6 +24,7 @@ impl ActivationBlock for Q8KActivations {
 
     /// ggml's `quantize_row_q8_K_ref`: the value of largest magnitude becomes -127 (the scale
     /// keeps its sign), the others are rounded and clamped; the scale stays f32.
+    #[inline(always)]
     fn quantize(x: &[f32]) -> Self {
         let (mut max, mut amax) = (0f32, 0f32);
         for &v in x {
@@ -41,7 +44,7 @@ impl ActivationBlock for Q8KActivations {
         }
         let inverse = -127.0 / max;
         for (q, v) in values.iter_mut().zip(x) {
-            *q = (inverse * v).round().clamp(-128.0, 127.0) as i8;
+            *q = fast_math::round(inverse * v).clamp(-128.0, 127.0) as i8;
         }
         for (sum, run) in sums.iter_mut().zip(values.chunks_exact(16)) {
             *sum = run.iter().map(|&q| i16::from(q)).sum();

@@ -140,8 +140,17 @@ impl<B: WeightBlock> Product for QuantizedMatrix<B> {
         debug_assert_eq!(x.len(), tokens * self.cols);
         let size = B::Activations::SIZE;
         let per_row = self.cols / size;
-        let activations: Vec<B::Activations> =
-            x.chunks_exact(size).map(B::Activations::quantize).collect();
+        // A plain loop: iterator adapters would be compiled apart from `vectorized`, with
+        // `quantize` inlined into them for the baseline CPU.
+        let mut activations = Vec::with_capacity(x.len() / size);
+        vectorized(
+            #[inline(always)]
+            || {
+                for block in x.chunks_exact(size) {
+                    activations.push(B::Activations::quantize(block));
+                }
+            },
+        );
         // Computed output row by output row (each weight row read once for all tokens), then
         // turned to token-major order.
         let mut by_row = vec![0f32; self.rows * tokens];
@@ -165,14 +174,27 @@ impl<B: WeightBlock> Product for QuantizedMatrix<B> {
         if tokens == 1 {
             return by_row;
         }
-        let mut out = vec![0f32; tokens * self.rows];
-        for (row, values) in by_row.chunks_exact(tokens).enumerate() {
-            for (token, value) in values.iter().enumerate() {
-                out[token * self.rows + row] = *value;
-            }
-        }
-        out
+        transpose(&by_row, self.rows, tokens)
     }
+}
+
+/// `rows` × `columns` values, row after row, turned column after column: each task takes a
+/// few columns, which it reads as short runs of every row.
+fn transpose(values: &[f32], rows: usize, columns: usize) -> Vec<f32> {
+    const COLUMNS_PER_TASK: usize = 32;
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(COLUMNS_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * COLUMNS_PER_TASK;
+            let width = out.len() / rows;
+            for (row, values) in values.chunks_exact(columns).enumerate() {
+                for (column, value) in values[first..first + width].iter().enumerate() {
+                    out[column * rows + row] = *value;
+                }
+            }
+        });
+    out
 }
 
 #[cfg(test)]
