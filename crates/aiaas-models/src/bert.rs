@@ -251,6 +251,11 @@ impl BertEncoder {
     /// One vector per sequence. Every sequence must be non-empty, hold ids below the vocabulary
     /// size and fit the position table; the engine checks that before batching.
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        // On a thread of the pool: see `Decoder::forward_batch`.
+        rayon::scope(|_| self.embed_on_pool(sequences))
+    }
+
+    fn embed_on_pool(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
         let ids: Vec<u32> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = lengths.iter().flat_map(|&n| 0..n as u32).collect();
