@@ -244,7 +244,8 @@ impl<B: Block32> Tile<'_, B> {
         let acts: [&[Q8Activations]; T] =
             std::array::from_fn(|t| &self.activations[(self.first + t) * per_row..][..per_row]);
         let rows = self.weights.chunks_exact(per_row);
-        for (row, totals) in rows.zip(self.out.chunks_exact_mut(self.tokens)) {
+        for (r, (row, totals)) in rows.zip(self.out.chunks_exact_mut(self.tokens)).enumerate() {
+            prefetch_row(self.weights, per_row, r + PREFETCH_ROWS_AHEAD);
             let mut lanes = [_mm512_setzero_ps(); T];
             // Minimums' lanes 0 and 8 (the others stay zero): those of the pairs' first and
             // second blocks.
@@ -299,6 +300,22 @@ impl<B: Block32> Tile<'_, B> {
     }
 }
 
+/// How far ahead of the row being computed its successors' weights are fetched into the cache:
+/// enough to hide the memory's latency when a single token makes each row quick work.
+const PREFETCH_ROWS_AHEAD: usize = 4;
+
+/// Asks for row `row` of `weights` (if there is one) to be brought into the L1 cache.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn prefetch_row<B>(weights: &[B], per_row: usize, row: usize) {
+    if let Some(blocks) = weights.get(row * per_row..(row + 1) * per_row) {
+        let start = blocks.as_ptr().cast::<i8>();
+        for offset in (0..size_of_val(blocks)).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset));
+        }
+    }
+}
+
 /// `a` in lanes 0-7, `b` in lanes 8-15.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
@@ -339,10 +356,9 @@ fn rows_of_super_blocks<B>(
     apply_scales: impl Fn(&B, i32, &Q8KActivations) -> f32,
 ) {
     let tokens = activations.len() / per_row;
-    for (row, totals) in weights
-        .chunks_exact(per_row)
-        .zip(out.chunks_exact_mut(tokens))
-    {
+    let rows = weights.chunks_exact(per_row);
+    for (r, (row, totals)) in rows.zip(out.chunks_exact_mut(tokens)).enumerate() {
+        prefetch_row(weights, per_row, r + PREFETCH_ROWS_AHEAD);
         for (i, block) in row.iter().enumerate() {
             let (values, scales) = unpack(block);
             for (total, token) in totals.iter_mut().zip(activations.chunks_exact(per_row)) {
