@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 use bytemuck::{bytes_of, pod_read_unaligned};
 
 use super::blocks::{self, Block32, Q8Activations, LANES, Q4_0, Q4_1, Q5_0, Q8_0};
-use super::k_quants::{Q8KActivations, Q4K, Q6K};
+use super::k_quants::{Q8KActivations, SuperBlock, Q4K, Q6K};
 
 /// Proof that this CPU has AVX-512 F, BW and VNNI.
 #[derive(Clone, Copy)]
@@ -131,15 +131,7 @@ fn q4k(weights: &[Q4K], per_row: usize, activations: &[Q8KActivations], out: &mu
         }
         (values, scales)
     };
-    rows_of_super_blocks(
-        weights,
-        per_row,
-        activations,
-        out,
-        unpack,
-        0,
-        Q4K::apply_scales,
-    );
+    rows_of_super_blocks(weights, per_row, activations, out, unpack, 0);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -174,15 +166,7 @@ fn q6k(weights: &[Q6K], per_row: usize, activations: &[Q8KActivations], out: &mu
         }
         (values, scales)
     };
-    rows_of_super_blocks(
-        weights,
-        per_row,
-        activations,
-        out,
-        unpack,
-        32,
-        Q6K::apply_scales,
-    );
+    rows_of_super_blocks(weights, per_row, activations, out, unpack, 32);
 }
 
 /// Rows of 32-weight blocks times every token, as `blocks::dot_row` computes each: `unpack`
@@ -343,17 +327,16 @@ fn sum_lanes(lanes: __m512) -> f32 {
 
 /// Rows of 256-weight super-blocks times every token: `unpack` gives a block's weights as four
 /// vectors of 64 unsigned bytes in activation order, and for each vector its lanes' sub-block
-/// scales; `offset` is subtracted from every weight; `apply_scales` is the format's float part.
+/// scales; `offset` is subtracted from every weight.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn rows_of_super_blocks<B>(
+fn rows_of_super_blocks<B: SuperBlock>(
     weights: &[B],
     per_row: usize,
     activations: &[Q8KActivations],
     out: &mut [f32],
     unpack: impl Fn(&B) -> ([__m512i; 4], [__m512i; 4]),
     offset: i8,
-    apply_scales: impl Fn(&B, i32, &Q8KActivations) -> f32,
 ) {
     let tokens = activations.len() / per_row;
     let rows = weights.chunks_exact(per_row);
@@ -370,7 +353,7 @@ fn rows_of_super_blocks<B>(
                     let part = _mm512_mullo_epi32(offset_dot(*w, x, offset), *scale);
                     sum = _mm512_add_epi32(sum, part);
                 }
-                *total += apply_scales(block, _mm512_reduce_add_epi32(sum), a);
+                *total += block.apply_scales(_mm512_reduce_add_epi32(sum), a);
             }
         }
     }

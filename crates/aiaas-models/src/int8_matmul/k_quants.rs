@@ -57,6 +57,24 @@ impl ActivationBlock for Q8KActivations {
     }
 }
 
+/// What the K-quant formats share: an exact integer dot product with a super-block of
+/// activations, and the float expression that turns it into the block's share of the row.
+pub(super) trait SuperBlock {
+    fn integer_dot(&self, activations: &Q8KActivations) -> i32;
+    fn apply_scales(&self, integer_dot: i32, activations: &Q8KActivations) -> f32;
+}
+
+/// K-quant products: exact integer sums, then one float expression a super-block, added block
+/// after block, as ggml's reference `vec_dot` computes them; every kernel does the same.
+#[inline(always)]
+fn sequential_dot_row<B: SuperBlock>(weights: &[B], activations: &[Q8KActivations]) -> f32 {
+    let mut total = 0f32;
+    for (w, a) in weights.iter().zip(activations) {
+        total += w.apply_scales(w.integer_dot(a), a);
+    }
+    total
+}
+
 fn half(bytes: &[u8]) -> f32 {
     f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
@@ -87,9 +105,11 @@ impl Q4K {
         }
         (scales, mins)
     }
+}
 
+impl SuperBlock for Q4K {
     #[inline(always)]
-    pub(super) fn integer_dot(&self, a: &Q8KActivations) -> i32 {
+    fn integer_dot(&self, a: &Q8KActivations) -> i32 {
         let mut sum = 0i32;
         for run in 0..4 {
             let nibbles = &self.nibbles[32 * run..32 * run + 32];
@@ -107,7 +127,7 @@ impl Q4K {
 
     /// Also subtracts the minimums, whose integer part needs only the activations' run sums.
     #[inline(always)]
-    pub(super) fn apply_scales(&self, sum: i32, a: &Q8KActivations) -> f32 {
+    fn apply_scales(&self, sum: i32, a: &Q8KActivations) -> f32 {
         let mut mins = 0i32;
         for (j, s) in a.sums.iter().enumerate() {
             mins += i32::from(*s) * i32::from(self.sub_mins[j / 2]);
@@ -116,8 +136,6 @@ impl Q4K {
     }
 }
 
-/// K-quant products: exact integer sums, then one float expression a super-block, added block
-/// after block, as ggml's reference `vec_dot` computes them; every kernel does the same.
 impl WeightBlock for Q4K {
     const BYTES: usize = 2 + 2 + 12 + SUPER / 2;
     type Activations = Q8KActivations;
@@ -136,11 +154,7 @@ impl WeightBlock for Q4K {
     }
 
     fn dot_row(weights: &[Self], activations: &[Q8KActivations]) -> f32 {
-        let mut total = 0f32;
-        for (w, a) in weights.iter().zip(activations) {
-            total += w.apply_scales(w.integer_dot(a), a);
-        }
-        total
+        sequential_dot_row(weights, activations)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -172,12 +186,12 @@ pub struct Q6K {
     pub(super) sub_scales: [i8; SUPER / 16],
 }
 
-impl Q6K {
+impl SuperBlock for Q6K {
     /// Each half (128 values) keeps, for l in 0..32, four values: l and l + 64 in the low and
     /// high nibbles of `low[l]`, l + 32 and l + 96 in those of `low[l + 32]`, with their two top
     /// bits in `high[l]` (bits 0-1, 4-5, 2-3, 6-7 respectively).
     #[inline(always)]
-    pub(super) fn integer_dot(&self, a: &Q8KActivations) -> i32 {
+    fn integer_dot(&self, a: &Q8KActivations) -> i32 {
         let mut sum = 0i32;
         for half in 0..2 {
             let low = &self.low[64 * half..64 * half + 64];
@@ -207,7 +221,7 @@ impl Q6K {
     }
 
     #[inline(always)]
-    pub(super) fn apply_scales(&self, sum: i32, a: &Q8KActivations) -> f32 {
+    fn apply_scales(&self, sum: i32, a: &Q8KActivations) -> f32 {
         self.scale * a.scale * sum as f32
     }
 }
@@ -234,11 +248,7 @@ impl WeightBlock for Q6K {
     }
 
     fn dot_row(weights: &[Self], activations: &[Q8KActivations]) -> f32 {
-        let mut total = 0f32;
-        for (w, a) in weights.iter().zip(activations) {
-            total += w.apply_scales(w.integer_dot(a), a);
-        }
-        total
+        sequential_dot_row(weights, activations)
     }
 
     #[cfg(target_arch = "x86_64")]
