@@ -183,12 +183,14 @@ pub(super) fn dot_row<B: Block32>(weights: &[B], activations: &[Q8Activations]) 
                 *min_lane = 0f32.mul_add(0.0, *min_lane);
                 continue;
             };
-            let values = w.values();
             let scale = w.scale() * a.scale;
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let sum: i32 = (4 * l..4 * l + 4)
-                    .map(|j| i32::from(values[j]) * i32::from(a.values[j]))
-                    .sum();
+            // Whole arrays, so that the compiler vectorizes the products and the sums of four.
+            let mut products = [0i32; BLOCK];
+            for ((p, w), x) in products.iter_mut().zip(w.values()).zip(a.values) {
+                *p = i32::from(w) * i32::from(x);
+            }
+            for (lane, four) in lanes.iter_mut().zip(products.chunks_exact(4)) {
+                let sum = four[0] + four[1] + four[2] + four[3];
                 *lane = (sum as f32).mul_add(scale, *lane);
             }
             *min_lane = w.min().mul_add(a.scaled_sum, *min_lane);
