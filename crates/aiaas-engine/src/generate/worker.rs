@@ -30,7 +30,9 @@ pub struct WorkerLimits {
     pub max_queued: usize,
     /// Prompt tokens processed per step, shared among the sequences still reading their prompt
     /// (oldest first), on top of one token per decoding sequence: bounds how long one step —
-    /// every stream's next token — can take.
+    /// every stream's next token — can take. Small, because the products cost about the same
+    /// per token from 8 tokens a step on: with 64 rather than 256, 8 clients arriving together
+    /// got their first token in 0.79 s instead of 1.27 s at the median (p99 about the same).
     pub prefill_tokens_per_step: usize,
     /// The most tokens one request may generate; `None`: up to the end of the context.
     pub max_completion_tokens: Option<usize>,
@@ -41,7 +43,7 @@ impl Default for WorkerLimits {
         Self {
             max_active: 16,
             max_queued: 64,
-            prefill_tokens_per_step: 256,
+            prefill_tokens_per_step: 64,
             max_completion_tokens: None,
         }
     }
