@@ -345,6 +345,7 @@ fn rows_of_super_blocks<B: SuperBlock>(
     let rows = weights.chunks_exact(per_row);
     for (r, (row, totals)) in rows.zip(out.chunks_exact_mut(tokens)).enumerate() {
         prefetch_row(weights, per_row, r + PREFETCH_ROWS_AHEAD);
+        totals.fill(0.0);
         for (i, block) in row.iter().enumerate() {
             let (values, scales) = unpack(block);
             for (total, token) in totals.iter_mut().zip(activations.chunks_exact(per_row)) {

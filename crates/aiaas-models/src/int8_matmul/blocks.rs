@@ -180,7 +180,9 @@ pub(super) fn dot_row<B: Block32>(weights: &[B], activations: &[Q8Activations]) 
                 for lane in lanes {
                     *lane = 0f32.mul_add(0.0, *lane);
                 }
-                *min_lane = 0f32.mul_add(0.0, *min_lane);
+                if B::HAS_MIN {
+                    *min_lane = 0f32.mul_add(0.0, *min_lane);
+                }
                 continue;
             };
             let scale = w.scale() * a.scale;
@@ -193,7 +195,9 @@ pub(super) fn dot_row<B: Block32>(weights: &[B], activations: &[Q8Activations]) 
                 let sum = four[0] + four[1] + four[2] + four[3];
                 *lane = (sum as f32).mul_add(scale, *lane);
             }
-            *min_lane = w.min().mul_add(a.scaled_sum, *min_lane);
+            if B::HAS_MIN {
+                *min_lane = w.min().mul_add(a.scaled_sum, *min_lane);
+            }
         }
     }
     let mut total = sum_lanes(&lanes);
