@@ -5,6 +5,7 @@
 
 mod attention;
 pub mod bert;
+mod bf16_matmul;
 mod fast_math;
 pub mod gguf;
 mod int8_matmul;

@@ -1,0 +1,51 @@
+//! The AVX-512 BF16 tile: `vdpbf16ps` multiplies 16 lanes of bf16 pairs and adds both products
+//! to 16 f32 sums, in the order the portable kernel's `step` does.
+//!
+//! The kernel is a `#[target_feature]` function, undefined behaviour on a CPU without those
+//! instructions: `Avx512Bf16` is a token only `detect` creates, after checking, and its method is
+//! the kernel's only caller. This is the module's only `unsafe`.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use bytemuck::cast;
+
+use super::{PairOfPanels, GROUP_COLUMNS, GROUP_PANELS, LANES, TILE_ROWS};
+
+/// Proof that this CPU has AVX-512 F and BF16.
+#[derive(Clone, Copy)]
+pub struct Avx512Bf16(());
+
+impl Avx512Bf16 {
+    pub fn detect() -> Option<Self> {
+        let found = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16");
+        found.then_some(Self(()))
+    }
+
+    pub fn tile(self, weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+        // SAFETY: `self` exists only where `detect` found the features the kernel is compiled
+        // for.
+        unsafe { tile(weights, rows, out) }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+    let pairs = weights.len();
+    assert!(rows.len() == TILE_ROWS * pairs && out.len() == TILE_ROWS);
+    let mut sums = [[_mm512_setzero_ps(); GROUP_PANELS]; TILE_ROWS];
+    for (k, entry) in weights.iter().enumerate() {
+        let panels: [__m512bh; GROUP_PANELS] = [cast(entry[0]), cast(entry[1]), cast(entry[2])];
+        for (row, sums) in sums.iter_mut().enumerate() {
+            let activations: __m512bh = cast(_mm512_set1_epi32(rows[row * pairs + k] as i32));
+            for (sum, &panel) in sums.iter_mut().zip(&panels) {
+                *sum = _mm512_dpbf16_ps(*sum, panel, activations);
+            }
+        }
+    }
+    for (out, sums) in out.iter_mut().zip(&sums) {
+        for (columns, &sum) in out.chunks_exact_mut(LANES).zip(sums) {
+            columns.copy_from_slice(&cast::<__m512, [f32; LANES]>(sum));
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! f32 activations times a dense weight matrix held in bfloat16, the way AVX-512 BF16's
+//! `vdpbf16ps` computes it: both operands rounded to bf16 (round to nearest even), each pair of
+//! products added to an f32 running sum. On CPUs with those instructions a product runs at about
+//! twice the f32 rate; elsewhere the portable kernel computes the same arithmetic to the bit
+//! (away from subnormal numbers, which the instruction flushes to zero).
+//!
+//! Why bf16 is accurate enough: for all-MiniLM-L6-v2 every one of the 24 reference sentences stays
+//! above cosine 0.99997 to sentence-transformers' f32 output (the bound is 0.9999); the
+//! sums run in f32, only the operands are rounded.
+//!
+//! Layout. Weights are packed once at load: output columns in groups of `GROUP_PANELS` panels of
+//! 16 columns, and within a group, for each pair of inputs `(2k, 2k + 1)`, the panels' 16
+//! columns' two bf16 weights side by side in one 32-bit lane — the operand layout of
+//! `vdpbf16ps`. Activations are rounded into rows of such pairs. A kernel tile is `TILE_ROWS`
+//! rows × one group: its 24 running sums stay in registers while it walks the inputs.
+//! Tasks (one group × a block of rows) write group-major results, which are then laid out as
+//! ordinary rows.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use rayon::prelude::*;
+
+use crate::fast_math::vectorized;
+
+/// Columns of one panel: the f32 lanes of a 512-bit vector.
+pub const LANES: usize = 16;
+/// Panels in a group: a tile's sums take `TILE_ROWS × GROUP_PANELS` of the 32 vector registers.
+pub const GROUP_PANELS: usize = 3;
+/// Columns of one group.
+const GROUP_COLUMNS: usize = LANES * GROUP_PANELS;
+/// Rows of one tile.
+pub const TILE_ROWS: usize = 8;
+/// Rows one task computes (for one group): activations of that many rows stay in the core's
+/// cache while the group's weights stream past.
+const ROWS_PER_TASK: usize = 64;
+
+/// One pair of inputs for a group's columns: lane `l` of panel `p` holds the bf16 weights of
+/// inputs `2k` (low half) and `2k + 1` (high half) for column `16p + l` of the group.
+pub type PairOfPanels = [[u32; LANES]; GROUP_PANELS];
+
+/// A dense `[outputs, inputs]` weight matrix in bf16, packed for the kernels.
+pub struct Bf16Matrix {
+    /// `groups × input_pairs` entries, group-major.
+    packed: Vec<PairOfPanels>,
+    outputs: usize,
+    inputs: usize,
+    kernel: Kernel,
+}
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512::Avx512Bf16),
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(cpu) = avx512::Avx512Bf16::detect() {
+            return Self::Avx512(cpu);
+        }
+        Self::Portable
+    }
+
+    /// One tile: `TILE_ROWS` activation rows (`pairs` each) times one group's weights into
+    /// `out` (`TILE_ROWS` rows of `GROUP_COLUMNS`).
+    fn tile(self, weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+        match self {
+            Self::Portable => vectorized(
+                #[inline(always)]
+                || portable_tile(weights, rows, out),
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(cpu) => cpu.tile(weights, rows, out),
+        }
+    }
+}
+
+/// f32 to bf16 bits, rounding to nearest even (as `vcvtne2ps2bf16` does; NaNs stay NaNs).
+#[inline(always)]
+pub fn to_bf16(value: f32) -> u32 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return (bits >> 16) | 0x40;
+    }
+    let rounding = 0x7FFF + ((bits >> 16) & 1);
+    bits.wrapping_add(rounding) >> 16
+}
+
+/// bf16 bits (the low 16) to f32: exact.
+#[inline(always)]
+fn widen(bits: u32) -> f32 {
+    f32::from_bits(bits << 16)
+}
+
+/// Two bf16 values in one lane, the first in the low half.
+#[inline(always)]
+fn pair(first: f32, second: f32) -> u32 {
+    to_bf16(first) | (to_bf16(second) << 16)
+}
+
+impl Bf16Matrix {
+    /// Packs row-major `[outputs, inputs]` f32 weights (a Hugging Face `Linear` weight).
+    pub fn new(weights: &[f32], outputs: usize, inputs: usize) -> Self {
+        Self::with_kernel(weights, outputs, inputs, Kernel::detect())
+    }
+
+    fn with_kernel(weights: &[f32], outputs: usize, inputs: usize, kernel: Kernel) -> Self {
+        assert_eq!(
+            weights.len(),
+            outputs * inputs,
+            "weights are not {outputs}×{inputs}"
+        );
+        let pairs = inputs.div_ceil(2);
+        let groups = outputs.div_ceil(GROUP_COLUMNS);
+        let weight = |column: usize, input: usize| {
+            if column < outputs && input < inputs {
+                weights[column * inputs + input]
+            } else {
+                0.0
+            }
+        };
+        let mut packed = vec![[[0u32; LANES]; GROUP_PANELS]; groups * pairs];
+        packed
+            .par_chunks_mut(pairs)
+            .enumerate()
+            .for_each(|(group, entries)| {
+                for (k, entry) in entries.iter_mut().enumerate() {
+                    for (panel, lanes) in entry.iter_mut().enumerate() {
+                        for (lane, value) in lanes.iter_mut().enumerate() {
+                            let column = group * GROUP_COLUMNS + panel * LANES + lane;
+                            *value = pair(weight(column, 2 * k), weight(column, 2 * k + 1));
+                        }
+                    }
+                }
+            });
+        Self {
+            packed,
+            outputs,
+            inputs,
+            kernel,
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// `x` (`rows × inputs`, row-major) times the transposed weights: `rows × outputs`.
+    pub fn product(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        assert_eq!(
+            x.len(),
+            rows * self.inputs,
+            "activations are not {rows}×{}",
+            self.inputs
+        );
+        let pairs = self.inputs.div_ceil(2);
+        let padded_rows = rows.next_multiple_of(TILE_ROWS);
+        let activations = self.round_rows(x, padded_rows);
+        // Group-major results: group g's `padded_rows × GROUP_COLUMNS` sums, contiguous.
+        let mut grouped = vec![[0f32; GROUP_COLUMNS]; self.packed.len() / pairs * padded_rows];
+        grouped
+            .par_chunks_mut(padded_rows)
+            .zip(self.packed.par_chunks(pairs))
+            .for_each(|(group_out, weights)| {
+                group_out
+                    .par_chunks_mut(ROWS_PER_TASK)
+                    .zip(activations.par_chunks(ROWS_PER_TASK * pairs))
+                    .for_each(|(out, rows)| {
+                        for (out, rows) in out
+                            .chunks_mut(TILE_ROWS)
+                            .zip(rows.chunks(TILE_ROWS * pairs))
+                        {
+                            self.kernel.tile(weights, rows, out);
+                        }
+                    });
+            });
+        self.ungroup(&grouped, rows, padded_rows)
+    }
+
+    /// Activation rows rounded to bf16 pairs, padded with zero rows to whole tiles.
+    fn round_rows(&self, x: &[f32], padded_rows: usize) -> Vec<u32> {
+        let pairs = self.inputs.div_ceil(2);
+        let mut rounded = vec![0u32; padded_rows * pairs];
+        rounded
+            .par_chunks_mut(pairs * ROWS_PER_TASK)
+            .zip(x.par_chunks(self.inputs * ROWS_PER_TASK))
+            .for_each(|(out, x)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (out, row) in
+                            out.chunks_exact_mut(pairs).zip(x.chunks_exact(self.inputs))
+                        {
+                            let whole = row.chunks_exact(2);
+                            let last = whole.remainder().first().map(|&v| pair(v, 0.0));
+                            for (lane, two) in out.iter_mut().zip(whole) {
+                                *lane = pair(two[0], two[1]);
+                            }
+                            if let Some(last) = last {
+                                out[pairs - 1] = last;
+                            }
+                        }
+                    },
+                )
+            });
+        rounded
+    }
+
+    /// Group-major sums to `rows × outputs` row-major.
+    fn ungroup(
+        &self,
+        grouped: &[[f32; GROUP_COLUMNS]],
+        rows: usize,
+        padded_rows: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; rows * self.outputs];
+        out.par_chunks_mut(self.outputs * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                for (i, row) in out.chunks_exact_mut(self.outputs).enumerate() {
+                    let r = task * ROWS_PER_TASK + i;
+                    for (group, columns) in row.chunks_mut(GROUP_COLUMNS).enumerate() {
+                        let sums = &grouped[group * padded_rows + r];
+                        columns.copy_from_slice(&sums[..columns.len()]);
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// The kernels' arithmetic, one step: `vdpbf16ps` adds the high pair's product first, then the
+/// low one's, each rounded to f32 (the products of two bf16 values are exact in f32).
+#[inline(always)]
+fn step(sum: f32, activations: u32, weights: u32) -> f32 {
+    let sum = sum + widen(activations >> 16) * widen(weights >> 16);
+    sum + widen(activations & 0xFFFF) * widen(weights & 0xFFFF)
+}
+
+#[inline(always)]
+fn portable_tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+    let pairs = weights.len();
+    for (row, sums) in rows.chunks_exact(pairs).zip(out.iter_mut()) {
+        let mut lanes = [[0f32; LANES]; GROUP_PANELS];
+        for (&activations, entry) in row.iter().zip(weights) {
+            for (sums, weights) in lanes.iter_mut().zip(entry) {
+                for (sum, &weights) in sums.iter_mut().zip(weights) {
+                    *sum = step(*sum, activations, weights);
+                }
+            }
+        }
+        for (out, lanes) in sums.chunks_exact_mut(LANES).zip(&lanes) {
+            out.copy_from_slice(lanes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(count: usize, seed: u32) -> Vec<f32> {
+        (0..count)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3F80);
+        // 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷: ties go to the even one, 1.
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), 0x3F80);
+        assert_eq!(to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3F82);
+        assert_eq!(to_bf16(-2.0), 0xC000);
+        assert!(widen(to_bf16(f32::NAN)).is_nan());
+        for x in values(10_000, 7) {
+            let rounded = widen(to_bf16(x));
+            assert!(
+                (rounded - x).abs() <= x.abs() * 2f32.powi(-8),
+                "{x} → {rounded}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_product_is_the_bf16_dot_product_of_each_row_and_column() {
+        // Odd sizes: a partial group, a partial tile and an odd input count.
+        let (rows, outputs, inputs) = (11, 53, 37);
+        let weights = values(outputs * inputs, 1);
+        let x = values(rows * inputs, 2);
+        let matrix = Bf16Matrix::new(&weights, outputs, inputs);
+        let product = matrix.product(&x, rows);
+        let round = |v: f32| widen(to_bf16(v)) as f64;
+        for r in 0..rows {
+            for c in 0..outputs {
+                let exact: f64 = (0..inputs)
+                    .map(|i| round(x[r * inputs + i]) * round(weights[c * inputs + i]))
+                    .sum();
+                let ours = product[r * outputs + c] as f64;
+                assert!(
+                    (ours - exact).abs() < 1e-5,
+                    "row {r} column {c}: {ours} vs {exact}"
+                );
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_kernel_equals_the_portable_one_to_the_bit() {
+        let Some(cpu) = avx512::Avx512Bf16::detect() else {
+            eprintln!("this CPU has no AVX-512 BF16: only the portable kernel runs here");
+            return;
+        };
+        let (rows, outputs, inputs) = (70, 150, 385);
+        let weights = values(outputs * inputs, 3);
+        let x = values(rows * inputs, 4);
+        let portable = Bf16Matrix::with_kernel(&weights, outputs, inputs, Kernel::Portable);
+        let fast = Bf16Matrix::with_kernel(&weights, outputs, inputs, Kernel::Avx512(cpu));
+        let (a, b) = (portable.product(&x, rows), fast.product(&x, rows));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "value {i}: {a} vs {b}");
+        }
+    }
+}
