@@ -24,7 +24,8 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E + ROUNDING) - ROUNDING;
+    let shifted = x * LOG2_E + ROUNDING;
+    let n = shifted - ROUNDING;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_2e-4_f32;
     p = p * r + 1.398_2e-3;
@@ -33,7 +34,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ built from `shifted`'s bits, whose low bits hold n: `n as i32` would be a saturating
+    // conversion, which the compiler does one lane at a time.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDING.to_bits());
+    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// `x.round()` (halves away from zero) for |x| < 2²³, in operations that vectorize
@@ -95,7 +99,13 @@ pub fn max(values: &[f32]) -> f32 {
             lanes[i] = lanes[i].max(chunk[i]);
         }
     }
-    lanes.iter().fold(tail, |m, &v| m.max(v))
+    // Halving the lanes, rather than a fold, which the compiler keeps one lane at a time.
+    for width in [8, 4, 2, 1] {
+        for i in 0..width {
+            lanes[i] = lanes[i].max(lanes[i + width]);
+        }
+    }
+    lanes[0].max(tail)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Bidirectional multi-head attention within each packed sequence.
 //!
-//! One task per sequence and head. A query's scores are built 16 keys at a time against the
-//! head's keys transposed to `[head_dim][keys]`, and its output 16 dimensions at a time: either
-//! way the 16 running sums stay in one vector register while the other axis is walked, with no
-//! per-key horizontal sums and no loads and stores of partial sums.
+//! One task per sequence and head. A query's scores are built 16 keys at a time and its output
+//! 16 dimensions at a time, from copies of the head's keys and values laid out so that either
+//! is one walk over contiguous 16-lane vectors: the running sums stay in vector registers (four
+//! chains of 16), with no per-key horizontal sums and no loads and stores of partial sums.
 
 use rayon::prelude::*;
 
@@ -62,31 +62,37 @@ fn head_attention(
     let stride = 3 * hidden;
     let (q_at, k_at, v_at) = (offset, hidden + offset, 2 * hidden + offset);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // Keys transposed, with zero keys up to a whole number of lanes: their scores are computed
-    // and never read.
-    let padded = len.next_multiple_of(LANES);
-    let mut keys = vec![0f32; head_dim * padded];
+    // Keys in runs of 16 tokens, `[run][dimension][token of the run]`; values in runs of 16
+    // dimensions, `[run][token][dimension of the run]`. Missing tokens and dimensions of the
+    // last run are zero: their sums are computed and never read.
+    let key_runs = len.div_ceil(LANES);
+    let value_runs = head_dim.div_ceil(LANES);
+    let mut keys = vec![0f32; key_runs * head_dim * LANES];
+    let mut values = vec![0f32; value_runs * len * LANES];
     for (s, row) in rows.chunks_exact(stride).enumerate() {
-        for (d, &k) in row[k_at..][..head_dim].iter().enumerate() {
-            keys[d * padded + s] = k;
+        let run = &mut keys[s / LANES * head_dim * LANES..][..head_dim * LANES];
+        for (k, lanes) in row[k_at..][..head_dim]
+            .iter()
+            .zip(run.chunks_exact_mut(LANES))
+        {
+            lanes[s % LANES] = *k;
+        }
+        for (run, dims) in row[v_at..][..head_dim].chunks(LANES).enumerate() {
+            values[(run * len + s) * LANES..][..dims.len()].copy_from_slice(dims);
         }
     }
-    let mut scores = vec![0f32; padded];
+    let mut scores = vec![0f32; key_runs * LANES];
     let mut out = vec![0f32; len * head_dim];
     for (row, target) in rows
         .chunks_exact(stride)
         .zip(out.chunks_exact_mut(head_dim))
     {
         let query = &row[q_at..][..head_dim];
-        for (c, chunk) in scores.chunks_exact_mut(LANES).enumerate() {
-            let mut sums = [0f32; LANES];
-            for (d, &q) in query.iter().enumerate() {
-                let keys = &keys[d * padded + c * LANES..][..LANES];
-                for (sum, &k) in sums.iter_mut().zip(keys) {
-                    *sum += q * k;
-                }
-            }
-            chunk.copy_from_slice(&sums);
+        for (chunk, keys) in scores
+            .chunks_exact_mut(LANES)
+            .zip(keys.chunks_exact(head_dim * LANES))
+        {
+            chunk.copy_from_slice(&weighted_sum(query, keys));
         }
         let scores = &mut scores[..len];
         let max = fast_math::max(scores);
@@ -94,31 +100,55 @@ fn head_attention(
             *score = fast_math::exp((*score - max) * scale);
         }
         let norm = 1.0 / fast_math::sum(scores);
-        let mut chunks = target.chunks_exact_mut(LANES);
-        for (c, chunk) in chunks.by_ref().enumerate() {
-            let mut sums = [0f32; LANES];
-            for (&weight, value_row) in scores.iter().zip(rows.chunks_exact(stride)) {
-                let values = &value_row[v_at + c * LANES..][..LANES];
-                for (sum, &v) in sums.iter_mut().zip(values) {
-                    *sum += weight * v;
-                }
-            }
-            for (out, sum) in chunk.iter_mut().zip(sums) {
+        for (dims, values) in target
+            .chunks_mut(LANES)
+            .zip(values.chunks_exact(len * LANES))
+        {
+            let sums = weighted_sum(scores, values);
+            for (out, sum) in dims.iter_mut().zip(sums) {
                 *out = sum * norm;
             }
         }
-        // Dimensions past the last whole lane group (head widths not a multiple of 16).
-        let done = head_dim - chunks.into_remainder().len();
-        for d in done..head_dim {
-            let sum: f32 = scores
-                .iter()
-                .zip(rows.chunks_exact(stride))
-                .map(|(&weight, value_row)| weight * value_row[v_at + d])
-                .sum();
-            target[d] = sum * norm;
-        }
     }
     out
+}
+
+/// Chains of sums kept apart so that each addition need not wait for the one before: a vector
+/// addition takes four cycles to finish, and two can start every cycle.
+const CHAINS: usize = 4;
+
+/// `Σ scales[i] · vectors[i]` over 16-lane vectors laid end to end, in `CHAINS` chains.
+#[inline(always)]
+fn weighted_sum(scales: &[f32], vectors: &[f32]) -> [f32; LANES] {
+    let mut chains = [[0f32; LANES]; CHAINS];
+    let whole = scales.len() / CHAINS * CHAINS;
+    let (vectors, rest) = vectors.split_at(whole * LANES);
+    for (scales, vectors) in scales
+        .chunks_exact(CHAINS)
+        .zip(vectors.chunks_exact(CHAINS * LANES))
+    {
+        let [a, b, c, d] = &mut chains;
+        add_scaled(a, scales[0], &vectors[..LANES]);
+        add_scaled(b, scales[1], &vectors[LANES..2 * LANES]);
+        add_scaled(c, scales[2], &vectors[2 * LANES..3 * LANES]);
+        add_scaled(d, scales[3], &vectors[3 * LANES..]);
+    }
+    for (&scale, vector) in scales[whole..].iter().zip(rest.chunks_exact(LANES)) {
+        add_scaled(&mut chains[0], scale, vector);
+    }
+    let [mut a, b, c, d] = chains;
+    for (((a, b), c), d) in a.iter_mut().zip(b).zip(c).zip(d) {
+        *a = (*a + b) + (c + d);
+    }
+    a
+}
+
+/// `sums += scale · values`, lane by lane.
+#[inline(always)]
+fn add_scaled(sums: &mut [f32; LANES], scale: f32, values: &[f32]) {
+    for (sum, &v) in sums.iter_mut().zip(values) {
+        *sum += scale * v;
+    }
 }
 
 #[cfg(test)]

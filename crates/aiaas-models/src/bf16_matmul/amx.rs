@@ -3,19 +3,20 @@
 //! multiply-adds in one instruction, about 17 times the rate of `vdpbf16ps` on this machine
 //! (1.1 TFLOP/s a core measured in a register-only loop).
 //!
-//! Rust has no stable AMX intrinsics, so the tile is one `asm!` block: it configures the tile
-//! registers, walks the inputs 16 pairs at a time and stores the sums, and releases the tiles
-//! before it returns, so no tile state outlives it. Linux hands AMX state to a process only
+//! Rust has no stable AMX intrinsics, so the tile is one `asm!` block that walks the inputs 16
+//! pairs at a time and stores the sums. The tile registers are configured once per task
+//! (`ldtilecfg` costs about as much as a small tile) by `Amx::configure`, whose value releases
+//! them when dropped. Linux hands AMX state to a process only
 //! after `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`; `Amx::detect` asks for it once
 //! and creates the token only if the CPU has the instructions and the kernel granted them.
-//! This module's `unsafe`: that system call and the `asm!` block.
+//! This module's `unsafe`: that system call and the `asm!` blocks.
 #![allow(unsafe_code)]
 
 use std::arch::asm;
 use std::arch::x86_64::__cpuid_count;
 use std::sync::OnceLock;
 
-use super::{PairOfPanels, GROUP_COLUMNS, GROUP_PANELS, LANES, PAIRS_PER_STEP, TILE_ROWS};
+use super::{GroupSums, PairOfPanels, GROUP_PANELS, LANES, PAIRS_PER_STEP, TILE_ROWS};
 
 /// Proof that this CPU has AMX-BF16 and that this process may use it.
 #[derive(Clone, Copy)]
@@ -46,51 +47,73 @@ impl Amx {
         granted.then_some(Self(()))
     }
 
-    /// `TILE_ROWS` activation rows (`weights.len()` pairs each, a multiple of `PAIRS_PER_STEP`)
-    /// times one group's weights into `out`.
-    pub fn tile(self, weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
-        let pairs = weights.len();
-        assert!(pairs > 0 && pairs.is_multiple_of(PAIRS_PER_STEP));
-        assert!(rows.len() == TILE_ROWS * pairs && out.len() == TILE_ROWS);
-        const { assert!(GROUP_PANELS == 3 && TILE_ROWS == 16 && PAIRS_PER_STEP == 16) };
+    /// Loads the tile configuration, for tiles until the returned value is dropped.
+    pub fn configure(self) -> ConfiguredTiles {
         let config = TileConfig::new();
-        // SAFETY: `self` exists only where the CPU has AMX and the kernel granted its state.
+        // SAFETY: `self` exists only where the CPU has AMX and the kernel granted its state;
+        // the configuration is a valid palette-1 configuration that the instruction reads.
+        unsafe { asm!("ldtilecfg [{config}]", config = in(reg) &config, options(nostack)) };
+        ConfiguredTiles(())
+    }
+}
+
+/// The tile registers configured by `Amx::configure`: no code but this type's uses AMX, so
+/// the configuration holds until `drop` releases it (and on every exit, unwinding included).
+pub struct ConfiguredTiles(());
+
+impl Drop for ConfiguredTiles {
+    fn drop(&mut self) {
+        // SAFETY: releases the tile state this value's creator configured.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+impl ConfiguredTiles {
+    /// `TILE_ROWS` activation rows (`weights.len()` pairs each, a multiple of two steps)
+    /// times one group's weights into `out`.
+    pub fn tile(&self, weights: &[PairOfPanels], rows: &[u32], out: &mut [GroupSums]) {
+        let pairs = weights.len();
+        assert!(pairs > 0 && pairs.is_multiple_of(2 * PAIRS_PER_STEP));
+        assert!(rows.len() == TILE_ROWS * pairs && out.len() == TILE_ROWS);
+        const { assert!(GROUP_PANELS == 2 && TILE_ROWS == 16 && PAIRS_PER_STEP == 16) };
+        // Tiles: 0 and 1 hold the sums of the two panels; 2-4 and 5-7 two sets of operands
+        // (activations, then each panel's weights), loaded for alternate steps so that one
+        // set loads while the other's products run (tile registers are not renamed).
+        // SAFETY: `self` exists only while the tiles are configured as `TileConfig` says.
         // Every tile load reads 16 rows of 64 bytes at the given stride, all inside the slices
         // checked above: activations, `TILE_ROWS` rows of `pairs` lanes, 16 pairs (64 bytes)
         // further each step; weights, 16 entries of `GROUP_PANELS × LANES` lanes a step, panel
         // p at byte 64p. The stores write 16 rows of 64 bytes into `out`'s rows, panel p at
-        // byte 64p. The block releases the tiles before it ends.
+        // byte 64p.
         unsafe {
             asm!(
-                "ldtilecfg [{config}]",
-                "tilezero tmm4",
-                "tilezero tmm5",
-                "tilezero tmm6",
+                "tilezero tmm0",
+                "tilezero tmm1",
                 "2:",
-                "tileloadd tmm0, [{rows} + {row_stride}*1]",
-                "tileloadd tmm1, [{weights} + {weight_stride}*1]",
-                "tileloadd tmm2, [{weights} + {weight_stride}*1 + 64]",
-                "tileloadd tmm3, [{weights} + {weight_stride}*1 + 128]",
-                "tdpbf16ps tmm4, tmm0, tmm1",
-                "tdpbf16ps tmm5, tmm0, tmm2",
-                "tdpbf16ps tmm6, tmm0, tmm3",
-                "add {rows}, 64",
-                "add {weights}, {step_bytes}",
+                "tileloadd tmm2, [{rows} + {row_stride}*1]",
+                "tileloadd tmm3, [{weights} + {weight_stride}*1]",
+                "tileloadd tmm4, [{weights} + {weight_stride}*1 + 64]",
+                "tileloadd tmm5, [{rows} + {row_stride}*1 + 64]",
+                "tileloadd tmm6, [{weights} + {weight_stride}*1 + {step}]",
+                "tileloadd tmm7, [{weights} + {weight_stride}*1 + {step} + 64]",
+                "tdpbf16ps tmm0, tmm2, tmm3",
+                "tdpbf16ps tmm1, tmm2, tmm4",
+                "tdpbf16ps tmm0, tmm5, tmm6",
+                "tdpbf16ps tmm1, tmm5, tmm7",
+                "add {rows}, 128",
+                "add {weights}, {step} * 2",
                 "dec {steps}",
                 "jnz 2b",
-                "tilestored [{out} + {out_stride}*1], tmm4",
-                "tilestored [{out} + {out_stride}*1 + 64], tmm5",
-                "tilestored [{out} + {out_stride}*1 + 128], tmm6",
-                "tilerelease",
-                config = in(reg) &config,
+                "tilestored [{out} + {out_stride}*1], tmm0",
+                "tilestored [{out} + {out_stride}*1 + 64], tmm1",
                 rows = inout(reg) rows.as_ptr() => _,
                 row_stride = in(reg) pairs * 4,
                 weights = inout(reg) weights.as_ptr() => _,
                 weight_stride = in(reg) size_of::<PairOfPanels>(),
-                step_bytes = in(reg) PAIRS_PER_STEP * size_of::<PairOfPanels>(),
-                steps = inout(reg) pairs / PAIRS_PER_STEP => _,
+                step = const PAIRS_PER_STEP * size_of::<PairOfPanels>(),
+                steps = inout(reg) pairs / (2 * PAIRS_PER_STEP) => _,
                 out = in(reg) out.as_mut_ptr(),
-                out_stride = in(reg) GROUP_COLUMNS * 4,
+                out_stride = in(reg) size_of::<GroupSums>(),
                 options(nostack),
             );
         }
@@ -98,8 +121,8 @@ impl Amx {
 }
 
 /// `ldtilecfg`'s 64-byte operand: palette 1, and for each tile register its bytes per row
-/// and rows. Tiles 0-6 are all 16 rows of 64 bytes: activations (16 rows × 16 pairs),
-/// weights (16 pairs × 16 columns' pairs) and sums (16 rows × 16 columns).
+/// and rows. All 8 tiles are 16 rows of 64 bytes: activations (16 rows × 16 pairs), weights
+/// (16 pairs × 16 columns' pairs) and sums (16 rows × 16 columns).
 #[repr(C, align(64))]
 struct TileConfig {
     palette: u8,
@@ -118,7 +141,7 @@ impl TileConfig {
             bytes_per_row: [0; 16],
             rows: [0; 16],
         };
-        for tile in 0..7 {
+        for tile in 0..8 {
             config.bytes_per_row[tile] = (LANES * 4) as u16;
             config.rows[tile] = 16;
         }

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use bytemuck::cast;
 
-use super::{PairOfPanels, GROUP_COLUMNS, GROUP_PANELS, LANES, TILE_ROWS};
+use super::{GroupSums, PairOfPanels, GROUP_PANELS, LANES, TILE_ROWS};
 
 /// Proof that this CPU has AVX-512 F and BF16.
 #[derive(Clone, Copy)]
@@ -23,18 +23,18 @@ impl Avx512Bf16 {
         found.then_some(Self(()))
     }
 
-    pub fn tile(self, weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+    pub fn tile(self, weights: &[PairOfPanels], rows: &[u32], out: &mut [GroupSums]) {
         // SAFETY: `self` exists only where `detect` found the features the kernel is compiled
         // for.
         unsafe { tile(weights, rows, out) }
     }
 }
 
-/// Rows whose sums stay in registers together: 8 rows × 3 panels take 24 of the 32.
+/// Rows whose sums stay in registers together: 8 rows × 2 panels take 16 of the 32.
 const REGISTER_ROWS: usize = 8;
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+fn tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [GroupSums]) {
     let pairs = weights.len();
     assert!(rows.len() == TILE_ROWS * pairs && out.len() == TILE_ROWS);
     for (rows, out) in rows
@@ -46,11 +46,11 @@ fn tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn rows_in_registers(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+fn rows_in_registers(weights: &[PairOfPanels], rows: &[u32], out: &mut [GroupSums]) {
     let pairs = weights.len();
     let mut sums = [[_mm512_setzero_ps(); GROUP_PANELS]; REGISTER_ROWS];
     for (k, entry) in weights.iter().enumerate() {
-        let panels: [__m512bh; GROUP_PANELS] = [cast(entry[0]), cast(entry[1]), cast(entry[2])];
+        let panels: [__m512bh; GROUP_PANELS] = entry.map(|panel| cast(panel.0));
         for (row, sums) in sums.iter_mut().enumerate() {
             let activations: __m512bh = cast(_mm512_set1_epi32(rows[row * pairs + k] as i32));
             for (sum, &panel) in sums.iter_mut().zip(&panels) {
@@ -59,7 +59,7 @@ fn rows_in_registers(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GR
         }
     }
     for (out, sums) in out.iter_mut().zip(&sums) {
-        for (columns, &sum) in out.chunks_exact_mut(LANES).zip(sums) {
+        for (columns, &sum) in out.0.chunks_exact_mut(LANES).zip(sums) {
             columns.copy_from_slice(&cast::<__m512, [f32; LANES]>(sum));
         }
     }

@@ -23,14 +23,16 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use crate::fast_math::vectorized;
 
 /// Columns of one panel: the f32 lanes of a 512-bit vector.
 pub const LANES: usize = 16;
-/// Panels in a group: a tile's sums take `TILE_ROWS × GROUP_PANELS` of the 32 vector registers.
-pub const GROUP_PANELS: usize = 3;
+/// Panels in a group: the AMX tile keeps one sum tile per panel and two sets of operand tiles
+/// (activations and one weight tile per panel), 8 tile registers in all.
+pub const GROUP_PANELS: usize = 2;
 /// Columns of one group.
 const GROUP_COLUMNS: usize = LANES * GROUP_PANELS;
 /// Rows of one tile: an AMX tile's rows.
@@ -38,13 +40,24 @@ pub const TILE_ROWS: usize = 16;
 /// Input pairs one AMX step takes (64 bytes of a tile row); inputs are padded with zero pairs
 /// to a multiple of it.
 pub const PAIRS_PER_STEP: usize = 16;
-/// Rows one task computes (for one group): activations of that many rows stay in the core's
-/// cache while the group's weights stream past.
+/// Rows one task computes: activations of that many rows stay in the core's cache while the
+/// weights stream past.
 const ROWS_PER_TASK: usize = 64;
+
+/// 16 lanes of bf16 pairs on a cache line of their own: AMX loads rows that straddle two lines
+/// about five times slower (measured), so every operand and result row is line-aligned.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+pub struct Pairs(pub [u32; LANES]);
 
 /// One pair of inputs for a group's columns: lane `l` of panel `p` holds the bf16 weights of
 /// inputs `2k` (low half) and `2k + 1` (high half) for column `16p + l` of the group.
-pub type PairOfPanels = [[u32; LANES]; GROUP_PANELS];
+pub type PairOfPanels = [Pairs; GROUP_PANELS];
+
+/// One row's sums for a group's columns, line-aligned (see `Pairs`).
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+pub struct GroupSums(pub [f32; GROUP_COLUMNS]);
 
 /// A dense `[outputs, inputs]` weight matrix in bf16, packed for the kernels.
 pub struct Bf16Matrix {
@@ -79,19 +92,48 @@ impl Kernel {
         Self::Portable
     }
 
-    /// One tile: `TILE_ROWS` activation rows (`pairs` each) times one group's weights into
-    /// `out` (`TILE_ROWS` rows of `GROUP_COLUMNS`).
-    fn tile(self, weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+    /// Several groups' weights (`pairs` entries each) times a block of activation rows
+    /// (`pairs` lanes each, whole tiles) into `out`: group-major, each group's sums for the
+    /// block's rows.
+    fn task(self, weights: &[PairOfPanels], pairs: usize, rows: &[u32], out: &mut [GroupSums]) {
         match self {
             Self::Portable => vectorized(
                 #[inline(always)]
-                || portable_tile(weights, rows, out),
+                || for_each_tile(weights, pairs, rows, out, portable_tile),
             ),
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512(cpu) => cpu.tile(weights, rows, out),
+            Self::Avx512(cpu) => {
+                for_each_tile(weights, pairs, rows, out, |w, r, o| cpu.tile(w, r, o));
+            }
             #[cfg(target_os = "linux")]
             #[cfg(target_arch = "x86_64")]
-            Self::Amx(cpu) => cpu.tile(weights, rows, out),
+            Self::Amx(cpu) => {
+                let tiles = cpu.configure();
+                for_each_tile(weights, pairs, rows, out, |w, r, o| tiles.tile(w, r, o));
+            }
+        }
+    }
+}
+
+/// `tile(group's weights, tile's rows, tile's sums)` for every group and every tile of rows.
+#[inline(always)]
+fn for_each_tile(
+    weights: &[PairOfPanels],
+    pairs: usize,
+    rows: &[u32],
+    out: &mut [GroupSums],
+    mut tile: impl FnMut(&[PairOfPanels], &[u32], &mut [GroupSums]),
+) {
+    let block_rows = rows.len() / pairs;
+    for (weights, out) in weights
+        .chunks_exact(pairs)
+        .zip(out.chunks_exact_mut(block_rows))
+    {
+        for (rows, out) in rows
+            .chunks_exact(TILE_ROWS * pairs)
+            .zip(out.chunks_exact_mut(TILE_ROWS))
+        {
+            tile(weights, rows, out);
         }
     }
 }
@@ -140,14 +182,14 @@ impl Bf16Matrix {
                 0.0
             }
         };
-        let mut packed = vec![[[0u32; LANES]; GROUP_PANELS]; groups * pairs];
+        let mut packed = vec![[Pairs([0; LANES]); GROUP_PANELS]; groups * pairs];
         packed
             .par_chunks_mut(pairs)
             .enumerate()
             .for_each(|(group, entries)| {
                 for (k, entry) in entries.iter_mut().enumerate() {
                     for (panel, lanes) in entry.iter_mut().enumerate() {
-                        for (lane, value) in lanes.iter_mut().enumerate() {
+                        for (lane, value) in lanes.0.iter_mut().enumerate() {
                             let column = group * GROUP_COLUMNS + panel * LANES + lane;
                             *value = pair(weight(column, 2 * k), weight(column, 2 * k + 1));
                         }
@@ -179,35 +221,40 @@ impl Bf16Matrix {
             self.inputs
         );
         let pairs = padded_pairs(self.inputs);
+        let groups = self.packed.len() / pairs;
         let padded_rows = rows.next_multiple_of(TILE_ROWS);
         let activations = self.round_rows(x, padded_rows);
-        // Group-major results: group g's `padded_rows × GROUP_COLUMNS` sums, contiguous.
-        let mut grouped = vec![[0f32; GROUP_COLUMNS]; self.packed.len() / pairs * padded_rows];
-        grouped
-            .par_chunks_mut(padded_rows)
-            .zip(self.packed.par_chunks(pairs))
-            .for_each(|(group_out, weights)| {
-                group_out
-                    .par_chunks_mut(ROWS_PER_TASK)
-                    .zip(activations.par_chunks(ROWS_PER_TASK * pairs))
-                    .for_each(|(out, rows)| {
-                        for (out, rows) in out
-                            .chunks_mut(TILE_ROWS)
-                            .zip(rows.chunks(TILE_ROWS * pairs))
-                        {
-                            self.kernel.tile(weights, rows, out);
-                        }
-                    });
-            });
-        self.ungroup(&grouped, rows, padded_rows)
+        // Results by blocks of `ROWS_PER_TASK` rows, and within a block group-major: group g's
+        // sums for the block's rows, contiguous.
+        let mut grouped = vec![GroupSums([0.0; GROUP_COLUMNS]); groups * padded_rows];
+        let mut blocks = Vec::new();
+        let activations: &[u32] = bytemuck::cast_slice(&activations);
+        let (mut out, mut rest) = (grouped.as_mut_slice(), activations);
+        while !rest.is_empty() {
+            let block_rows = ROWS_PER_TASK.min(rest.len() / pairs);
+            let (block_out, more_out) = out.split_at_mut(groups * block_rows);
+            let (block, more) = rest.split_at(block_rows * pairs);
+            blocks.push((block_out, block, block_rows));
+            (out, rest) = (more_out, more);
+        }
+        // Enough tasks to share out among the threads, each covering as many groups as that
+        // allows: a task is one call into the kernel (one tile configuration for AMX).
+        let tasks_per_block = (4 * rayon::current_num_threads()).div_ceil(blocks.len());
+        let groups_per_task = groups.div_ceil(tasks_per_block);
+        blocks.into_par_iter().for_each(|(out, block, block_rows)| {
+            out.par_chunks_mut(groups_per_task * block_rows)
+                .zip(self.packed.par_chunks(groups_per_task * pairs))
+                .for_each(|(out, weights)| self.kernel.task(weights, pairs, block, out));
+        });
+        self.ungroup(&grouped, rows, padded_rows, groups)
     }
 
     /// Activation rows rounded to bf16 pairs, padded with zero pairs and zero rows to whole
     /// tiles.
-    fn round_rows(&self, x: &[f32], padded_rows: usize) -> Vec<u32> {
+    fn round_rows(&self, x: &[f32], padded_rows: usize) -> Vec<Pairs> {
         let pairs = padded_pairs(self.inputs);
-        let mut rounded = vec![0u32; padded_rows * pairs];
-        rounded
+        let mut rounded = vec![Pairs([0; LANES]); padded_rows * pairs / LANES];
+        bytemuck::cast_slice_mut::<Pairs, u32>(&mut rounded)
             .par_chunks_mut(pairs * ROWS_PER_TASK)
             .zip(x.par_chunks(self.inputs * ROWS_PER_TASK))
             .for_each(|(out, x)| {
@@ -232,22 +279,24 @@ impl Bf16Matrix {
         rounded
     }
 
-    /// Group-major sums to `rows × outputs` row-major.
+    /// Blocked group-major sums (see `product`) to `rows × outputs` row-major.
     fn ungroup(
         &self,
-        grouped: &[[f32; GROUP_COLUMNS]],
+        grouped: &[GroupSums],
         rows: usize,
         padded_rows: usize,
+        groups: usize,
     ) -> Vec<f32> {
         let mut out = vec![0f32; rows * self.outputs];
         out.par_chunks_mut(self.outputs * ROWS_PER_TASK)
             .enumerate()
-            .for_each(|(task, out)| {
+            .for_each(|(block, out)| {
+                let first = block * ROWS_PER_TASK;
+                let block_rows = ROWS_PER_TASK.min(padded_rows - first);
+                let sums = &grouped[first * groups..][..groups * block_rows];
                 for (i, row) in out.chunks_exact_mut(self.outputs).enumerate() {
-                    let r = task * ROWS_PER_TASK + i;
                     for (group, columns) in row.chunks_mut(GROUP_COLUMNS).enumerate() {
-                        let sums = &grouped[group * padded_rows + r];
-                        columns.copy_from_slice(&sums[..columns.len()]);
+                        columns.copy_from_slice(&sums[group * block_rows + i].0[..columns.len()]);
                     }
                 }
             });
@@ -255,9 +304,9 @@ impl Bf16Matrix {
     }
 }
 
-/// Input pairs of a row, padded to whole AMX steps.
+/// Input pairs of a row, padded to whole pairs of AMX steps (the AMX tile takes two at a time).
 fn padded_pairs(inputs: usize) -> usize {
-    inputs.div_ceil(2).next_multiple_of(PAIRS_PER_STEP)
+    inputs.div_ceil(2).next_multiple_of(2 * PAIRS_PER_STEP)
 }
 
 /// The portable tile, computing what AMX's `tdpbf16ps` computes (found by experiment on random
@@ -265,7 +314,7 @@ fn padded_pairs(inputs: usize) -> usize {
 /// the pairs summed in order, those of the second values likewise, and the two partial sums
 /// added to the running sum. Each product of two bf16 values is exact in f32.
 #[inline(always)]
-fn portable_tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_COLUMNS]]) {
+fn portable_tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [GroupSums]) {
     let pairs = weights.len();
     for (row, sums) in rows.chunks_exact(pairs).zip(out.iter_mut()) {
         let mut lanes = [[0f32; LANES]; GROUP_PANELS];
@@ -278,7 +327,7 @@ fn portable_tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_
             for (&pair, entry) in activations.iter().zip(weights) {
                 let (first, second) = (widen(pair & 0xFFFF), widen(pair >> 16));
                 for ((firsts, seconds), weights) in firsts.iter_mut().zip(&mut seconds).zip(entry) {
-                    for ((a, b), &w) in firsts.iter_mut().zip(seconds.iter_mut()).zip(weights) {
+                    for ((a, b), &w) in firsts.iter_mut().zip(seconds.iter_mut()).zip(&weights.0) {
                         *a += first * widen(w & 0xFFFF);
                         *b += second * widen(w >> 16);
                     }
@@ -290,7 +339,7 @@ fn portable_tile(weights: &[PairOfPanels], rows: &[u32], out: &mut [[f32; GROUP_
                 }
             }
         }
-        for (out, lanes) in sums.chunks_exact_mut(LANES).zip(&lanes) {
+        for (out, lanes) in sums.0.chunks_exact_mut(LANES).zip(&lanes) {
             out.copy_from_slice(lanes);
         }
     }
