@@ -42,8 +42,10 @@ embedded = client.embeddings.create(model=embedding_model, input=sentences)
 assert [d.index for d in embedded.data] == [0, 1], embedded
 first = embedded.data[0].embedding
 assert len(first) == 384 and abs(sum(v * v for v in first) - 1) < 1e-4, len(first)
-# all-MiniLM-L6-v2's published vector for this sentence (sentence-transformers).
-assert [round(v, 4) for v in first[:3]] == [0.0677, 0.0635, 0.0487], first[:3]
+# all-MiniLM-L6-v2's published vector for this sentence (sentence-transformers), to the
+# precision of bf16 products (the cosine bound itself is checked by the reference test).
+published = [0.0677, 0.0635, 0.0487]
+assert all(abs(v - p) < 1e-3 for v, p in zip(first[:3], published)), first[:3]
 assert embedded.usage.prompt_tokens == 13, embedded.usage
 as_floats = client.embeddings.create(model=embedding_model, input=sentences[0], encoding_format="float")
 assert as_floats.data[0].embedding == first
