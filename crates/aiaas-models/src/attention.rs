@@ -8,6 +8,8 @@
 //! f16, queries arrive rounded to f16, and the attention weights are rounded to f16 before
 //! they meet the values.
 
+use std::ops::Range;
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -93,6 +95,9 @@ pub struct Queries<'a> {
 /// so both cores stay busy even when each sequence has a single query row. A query sees the
 /// keys at or before its position, within `window` positions if the layer slides. Returns the
 /// rows of all sequences one after the other: `(Σt, n_head * head_dim)`.
+///
+/// Each sequence's visible keys and values are first widened to f32 once per KV head (in a
+/// prompt chunk every row would otherwise widen the same keys again).
 pub fn attend(batch: &[Queries<'_>], shape: &HeadShape, window: Option<usize>) -> Vec<f32> {
     let (dim, group) = (shape.head_dim, shape.group());
     let q_row = shape.n_head * dim;
@@ -106,6 +111,18 @@ pub fn attend(batch: &[Queries<'_>], shape: &HeadShape, window: Option<usize>) -
         let p = batch[s].pos + row;
         window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
     };
+    let widened: Vec<WidenedHead> = (0..batch.len() * shape.n_kv_head)
+        .into_par_iter()
+        .map(|task| {
+            let (s, kv_head) = (task / shape.n_kv_head, task % shape.n_kv_head);
+            let rows = batch[s].q.len() / q_row;
+            let span = visible(s, 0).start..visible(s, rows.max(1) - 1).end;
+            vectorized(
+                #[inline(always)]
+                || WidenedHead::new(batch[s].cache, kv_head, span, shape),
+            )
+        })
+        .collect();
     let longest = rows
         .iter()
         .map(|&(s, row)| visible(s, row).len())
@@ -122,47 +139,87 @@ pub fn attend(batch: &[Queries<'_>], shape: &HeadShape, window: Option<usize>) -
             let seq = &batch[s];
             debug_assert!(seq.cache.positions(shape) > seq.pos + row);
             let queries = &seq.q[row * q_row + kv_head * group * dim..][..group * dim];
+            let head = &widened[s * shape.n_kv_head + kv_head];
             vectorized(
                 #[inline(always)]
-                || attend_one(queries, seq.cache, kv_head, visible(s, row), shape, out),
+                || attend_one(queries, head, visible(s, row), shape, out),
             );
         });
     out
 }
 
-/// The `group` query heads (`queries`, head after head) that share `kv_head`, for one query
+/// Keys and values per block of scores: 16 positions, one vector register of sums each lane.
+const BLOCK: usize = 16;
+
+/// One sequence's keys and values for one KV head over a span of positions, widened to f32:
+/// keys transposed (`[dimension][position]`, the positions padded with zeros to whole blocks),
+/// values position-major.
+struct WidenedHead {
+    first: usize,
+    padded: usize,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl WidenedHead {
+    #[inline(always)]
+    fn new(cache: &LayerCache, kv_head: usize, span: Range<usize>, shape: &HeadShape) -> Self {
+        let (dim, row) = (shape.head_dim, shape.kv_row());
+        let padded = span.len().next_multiple_of(BLOCK);
+        let mut keys = vec![0f32; dim * padded];
+        let mut values = vec![0f32; span.len() * dim];
+        let mut converted = vec![0f32; dim];
+        for (j, p) in span.clone().enumerate() {
+            let at = p * row + kv_head * dim;
+            widen(&cache.keys[at..][..dim], &mut converted);
+            for (d, &k) in converted.iter().enumerate() {
+                keys[d * padded + j] = k;
+            }
+            widen(&cache.values[at..][..dim], &mut values[j * dim..][..dim]);
+        }
+        Self {
+            first: span.start,
+            padded,
+            keys,
+            values,
+        }
+    }
+}
+
+/// The `group` query heads (`queries`, head after head) that share one KV head, for one query
 /// row whose visible keys are `keys`, into `out` (same layout as `queries`).
 #[inline(always)]
 fn attend_one(
     queries: &[f32],
-    cache: &LayerCache,
-    kv_head: usize,
-    keys: std::ops::Range<usize>,
+    head: &WidenedHead,
+    keys: Range<usize>,
     shape: &HeadShape,
     out: &mut [f32],
 ) {
-    let (dim, group, row) = (shape.head_dim, shape.group(), shape.kv_row());
+    let (dim, group) = (shape.head_dim, shape.group());
     let scale = 1.0 / (dim as f32).sqrt();
     let n = keys.len();
-    // Where position p's values for this KV head lie in either buffer.
-    let at = |p: usize| p * row + kv_head * dim..(p * row + kv_head * dim) + dim;
-    let mut converted = vec![0f32; dim];
+    let offset = keys.start - head.first;
     let mut scores = vec![0f32; group * n];
-    for (j, p) in keys.clone().enumerate() {
-        widen(&cache.keys[at(p)], &mut converted);
-        for (g, query) in queries.chunks_exact(dim).enumerate() {
-            scores[g * n + j] = dot(query, &converted) * scale;
+    for (query, scores) in queries.chunks_exact(dim).zip(scores.chunks_exact_mut(n)) {
+        for block in (offset / BLOCK * BLOCK..offset + n).step_by(BLOCK) {
+            let dots = block_dots(query, &head.keys, head.padded, block);
+            // The block's positions that this row sees.
+            let seen = block.max(offset)..(block + BLOCK).min(offset + n);
+            for j in seen {
+                scores[j - offset] = dots[j - block] * scale;
+            }
         }
     }
     for weights in scores.chunks_exact_mut(n) {
         softmax_f16(weights);
     }
     out.fill(0.0);
-    for (j, p) in keys.enumerate() {
-        widen(&cache.values[at(p)], &mut converted);
+    let values = head.values[offset * dim..][..n * dim].chunks_exact(dim);
+    for (j, values) in values.enumerate() {
         for (g, out) in out.chunks_exact_mut(dim).enumerate() {
             let weight = scores[g * n + j];
-            for (o, v) in out.iter_mut().zip(&converted) {
+            for (o, v) in out.iter_mut().zip(values) {
                 *o += weight * v;
             }
         }
@@ -190,37 +247,74 @@ fn widen(values: &[f16], out: &mut [f32]) {
 }
 
 /// Softmax in place, the sum taken in f64 and applied as a reciprocal as ggml does, and the
-/// weights rounded to f16 (ggml multiplies them with the f16 values in f16).
+/// weights rounded to f16 (ggml multiplies them with the f16 values in f16). Only the f64 sum
+/// runs one value at a time; the rest is written to vectorize.
 #[inline(always)]
 fn softmax_f16(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f64;
+    let max = crate::fast_math::max(x);
     for v in x.iter_mut() {
         *v = exp(*v - max);
-        sum += f64::from(*v);
     }
+    let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
     let inverse = (1.0 / sum) as f32;
     for v in x.iter_mut() {
-        *v = f16::from_f32(*v * inverse).to_f32();
+        *v = round_to_f16(*v * inverse);
     }
 }
 
-/// A dot product over 16 independent lanes, which the compiler keeps in vector registers.
+/// `x` rounded to the nearest f16 (ties to even) and back, as `half`'s conversions do, for
+/// |x| ≤ 65504 (softmax weights lie in [0, 1]), in operations that vectorize.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut chunks = a.chunks_exact(16).zip(b.chunks_exact(16));
-    for (a, b) in &mut chunks {
-        for i in 0..16 {
-            lanes[i] += a[i] * b[i];
+fn round_to_f16(x: f32) -> f32 {
+    // 2⁻¹⁴, the smallest normal f16; below it f16 values are multiples of 2⁻²⁴, which adding
+    // and taking away 0.75 (whose f32 spacing is 2⁻²⁴) rounds to.
+    const SMALLEST_NORMAL: f32 = 1.0 / 16384.0;
+    let magnitude = x.abs();
+    let bits = magnitude.to_bits();
+    // Normal: drop 13 of f32's 23 mantissa bits, rounding to nearest even.
+    let normal = f32::from_bits((bits + 0x0FFF + ((bits >> 13) & 1)) & !0x1FFF);
+    let subnormal = (magnitude + 0.75) - 0.75;
+    let rounded = if magnitude < SMALLEST_NORMAL {
+        subnormal
+    } else {
+        normal
+    };
+    rounded.copysign(x)
+}
+
+/// The dot products of `query` with the `BLOCK` keys of a block (`keys`: `[dimension][position]`,
+/// `padded` positions a dimension), each computed as `dot` computes one: lane `i` sums
+/// `query[16c + i] · key[16c + i]` over `c` in order, then the lanes are added in order. Here
+/// a key's 16 lanes are spread over 16 vectors of the block's keys, so all of it vectorizes.
+#[inline(always)]
+fn block_dots(query: &[f32], keys: &[f32], padded: usize, block: usize) -> [f32; BLOCK] {
+    let whole = query.len() / 16 * 16;
+    let key = |d: usize| -> &[f32] { &keys[d * padded + block..][..BLOCK] };
+    let mut lanes = [[0f32; BLOCK]; 16];
+    for (c, query) in query[..whole].chunks_exact(16).enumerate() {
+        for (i, (lane, &q)) in lanes.iter_mut().zip(query).enumerate() {
+            for (sum, &k) in lane.iter_mut().zip(key(16 * c + i)) {
+                *sum += q * k;
+            }
         }
     }
-    let tail: f32 = a[a.len() / 16 * 16..]
-        .iter()
-        .zip(&b[b.len() / 16 * 16..])
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
+    let mut dots = [-0.0f32; BLOCK];
+    for lane in &lanes {
+        for (dot, &sum) in dots.iter_mut().zip(lane) {
+            *dot += sum;
+        }
+    }
+    // Dimensions past the last whole 16 (head widths not a multiple of 16), summed apart.
+    let mut tails = [0f32; BLOCK];
+    for (d, &q) in query.iter().enumerate().skip(whole) {
+        for (tail, &k) in tails.iter_mut().zip(key(d)) {
+            *tail += q * k;
+        }
+    }
+    for (dot, tail) in dots.iter_mut().zip(tails) {
+        *dot += tail;
+    }
+    dots
 }
 
 #[cfg(test)]
@@ -342,6 +436,82 @@ mod tests {
             None,
         );
         assert_eq!(&beside[2 * q_row..], last_alone.as_slice());
+    }
+
+    /// One dot product as the fused attention first computed it: 16 lanes, then the lanes
+    /// added in order, then the tail.
+    fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut lanes = [0f32; 16];
+        for (a, b) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+            for i in 0..16 {
+                lanes[i] += a[i] * b[i];
+            }
+        }
+        let whole = a.len() / 16 * 16;
+        let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    #[test]
+    fn rounding_to_f16_is_halfs_conversion() {
+        let ties = (0..=u16::MAX)
+            .map(f16::from_bits)
+            .filter(|h| h.is_finite())
+            .flat_map(|h| {
+                // Each f16 value, and the f32 values just around it and halfway to the next.
+                let v = h.to_f32();
+                let next = f16::from_bits(h.to_bits().wrapping_add(1)).to_f32();
+                let half = (v + next) / 2.0;
+                [
+                    v,
+                    half,
+                    f32::from_bits(half.to_bits() + 1),
+                    f32::from_bits(half.to_bits() - 1),
+                ]
+            });
+        let sweep = (0..2_000_000).map(|i| i as f32 / 2_000_000.0);
+        for x in ties
+            .chain(sweep)
+            .filter(|x| x.is_finite() && x.abs() <= 65504.0)
+        {
+            let expected = f16::from_f32(x).to_f32();
+            assert_eq!(round_to_f16(x).to_bits(), expected.to_bits(), "{x:e}");
+        }
+    }
+
+    #[test]
+    fn block_dots_equal_lane_dots_to_the_bit() {
+        for dim in [16, 64, 72] {
+            let query: Vec<f32> = (0..dim)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let keys: Vec<Vec<f32>> = (0..2 * BLOCK)
+                .map(|k| {
+                    (0..dim)
+                        .map(|i| ((i * 13 + k * 29) % 97) as f32 / 11.0 - 4.0)
+                        .collect()
+                })
+                .collect();
+            let padded = keys.len();
+            let mut transposed = vec![0f32; dim * padded];
+            for (k, key) in keys.iter().enumerate() {
+                for (d, &v) in key.iter().enumerate() {
+                    transposed[d * padded + k] = v;
+                }
+            }
+            for block in [0, BLOCK] {
+                let dots = block_dots(&query, &transposed, padded, block);
+                for (j, dot) in dots.iter().enumerate() {
+                    let expected = lane_dot(&query, &keys[block + j]);
+                    assert_eq!(
+                        dot.to_bits(),
+                        expected.to_bits(),
+                        "dim {dim} key {}",
+                        block + j
+                    );
+                }
+            }
+        }
     }
 
     #[test]
