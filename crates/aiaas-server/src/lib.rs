@@ -7,6 +7,7 @@ pub mod gate;
 mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use aiaas_engine::Engine;
 
 pub use state::AppState;
+pub use tls::TlsFiles;
 
 /// What the server needs to start; resolved by the CLI from flags, environment and file.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How long requests in flight may run on after a shutdown signal.
     pub drain_timeout: std::time::Duration,
+    /// Serve HTTPS (only) with this certificate and key.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Binds the listener and serves until SIGINT or SIGTERM. Prints the bound address on stdout
@@ -57,17 +61,30 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
     });
     let state = AppState::new(engine, keys);
     let app = api::router(state, settings.max_body_bytes);
-    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    let drain_timeout = settings.drain_timeout;
+    match &settings.tls {
+        None => serve_http(settings.listen, app, drain_timeout).await?,
+        Some(files) => serve_https(settings.listen, files, app, drain_timeout).await?,
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Plain HTTP. On SIGINT/SIGTERM: stop accepting, let requests in flight finish (streams
+/// included), but no longer than the drain timeout. Usage rows are committed as responses
+/// complete, so there is nothing else to flush.
+async fn serve_http(
+    listen: SocketAddr,
+    app: axum::Router,
+    drain_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    // On SIGINT/SIGTERM: stop accepting, let requests in flight finish (streams included), but
-    // no longer than the drain timeout. Usage rows are committed as responses complete, so there
-    // is nothing else to flush.
     let (draining, mut drain_started) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = draining.send(true);
     });
-    let drain_timeout = settings.drain_timeout;
     tokio::select! {
         finished = server => finished?,
         _ = async {
@@ -75,8 +92,31 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
             tokio::time::sleep(drain_timeout).await;
         } => tracing::warn!(?drain_timeout, "drain timeout reached; closing the remaining connections"),
     }
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// HTTPS only (a plain HTTP request on the port fails its handshake), with the certificate
+/// reloaded when its files change; the same shutdown as `serve_http`.
+async fn serve_https(
+    listen: SocketAddr,
+    files: &TlsFiles,
+    app: axum::Router,
+    drain_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let config = files.serve_and_watch()?;
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    println!("listening on https://{}", listener.local_addr()?);
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.graceful_shutdown(Some(drain_timeout));
+    });
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
 }
 
 /// The embedded database in the home folder.

@@ -49,6 +49,29 @@ pub enum Command {
     /// Show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// TLS helpers.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Write a development CA (`ca.pem`, for clients to trust) and a server certificate it
+    /// signed (`cert.pem`, `key.pem`, for `serve --tls-cert/--tls-key`). Not for production.
+    DevCert(DevCertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevCertArgs {
+    /// Folder to write into (created if missing).
+    #[arg(long, default_value = "tls")]
+    pub out: PathBuf,
+    /// Names and addresses the certificate is for (repeat the flag for several).
+    #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    pub hosts: Vec<String>,
+    /// Days the certificates stay valid.
+    #[arg(long, default_value_t = 30)]
+    pub days: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +168,13 @@ pub struct ServeArgs {
     /// request asking for more gets 400.
     #[arg(long, env = "AIAAS_MAX_COMPLETION_TOKENS")]
     pub max_completion_tokens: Option<usize>,
+    /// Serve HTTPS (only) with this PEM certificate chain; needs `--tls-key`. The files are
+    /// watched: a renewed pair is used without a restart.
+    #[arg(long, env = "AIAAS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "AIAAS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aiaas_engine::generate::WorkerLimits;
 use aiaas_engine::ResidencyPolicy;
+use aiaas_server::TlsFiles;
 use anyhow::Context;
 use serde::Deserialize;
 
@@ -33,6 +34,8 @@ pub struct FileConfig {
     pub max_model_memory: Option<String>,
     pub load_wait_secs: Option<u64>,
     pub max_completion_tokens: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,14 @@ impl Settings {
                 Some(cap) => format!("max_completion_tokens = {cap}"),
                 None => "# max_completion_tokens: up to the end of the context".to_string(),
             },
+            match self.tls(args)? {
+                Some(files) => format!(
+                    "tls_cert = {:?}\ntls_key = {:?}",
+                    files.cert.display().to_string(),
+                    files.key.display().to_string()
+                ),
+                None => "# tls: off (plain HTTP)".to_string(),
+            },
             format!("api_key = {api_key}"),
             format!(
                 "model_cache = {:?}",
@@ -168,6 +179,18 @@ impl Settings {
                 .filter(|id| !id.is_empty())
                 .collect(),
         })
+    }
+
+    /// The certificate and key `serve` uses for HTTPS, if any: flags or environment, then
+    /// `aiaas.toml`; both or neither.
+    pub fn tls(&self, args: &ServeArgs) -> anyhow::Result<Option<TlsFiles>> {
+        let cert = args.tls_cert.clone().or_else(|| self.file.tls_cert.clone());
+        let key = args.tls_key.clone().or_else(|| self.file.tls_key.clone());
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+        }
     }
 
     pub fn drain_timeout(&self) -> std::time::Duration {

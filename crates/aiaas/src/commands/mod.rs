@@ -5,8 +5,9 @@ mod bench;
 mod keys;
 mod models;
 mod serve;
+mod tls;
 
-use crate::cli::{Command, ConfigCommand};
+use crate::cli::{Command, ConfigCommand, TlsCommand};
 use crate::config::Settings;
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -22,5 +23,6 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", settings.show(&args)?);
             Ok(())
         }
+        Command::Tls(TlsCommand::DevCert(args)) => tls::dev_cert(&args),
     }
 }

@@ -23,6 +23,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
         repository.import(&path, Some(entry.name), Some(entry.name))?;
     }
     let listen = settings.listen_address(&args)?;
+    let tls = settings.tls(&args)?;
     let residency = settings.residency(&args)?;
     let engine = Arc::new(Engine::new(
         repository,
@@ -36,6 +37,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
             api_key: settings.api_key.clone(),
             max_body_bytes: settings.max_body_bytes(),
             drain_timeout: settings.drain_timeout(),
+            tls,
         },
         engine,
     )

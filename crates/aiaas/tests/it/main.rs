@@ -11,4 +11,5 @@ mod metrics;
 mod openai_sdk;
 mod openapi;
 mod service;
+mod tls;
 mod usage;
