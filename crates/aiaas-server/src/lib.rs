@@ -5,9 +5,11 @@ pub mod api;
 pub mod clock;
 pub mod gate;
 mod state;
+mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +33,8 @@ pub struct ServerSettings {
     pub drain_timeout: std::time::Duration,
     /// Serve HTTPS (only) with this certificate and key.
     pub tls: Option<TlsFiles>,
+    /// The largest file the Files API accepts, in bytes.
+    pub max_file_bytes: u64,
 }
 
 /// Binds the listener and serves until SIGINT or SIGTERM. Prints the bound address on stdout
@@ -59,7 +63,9 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
             tracing::error!("preloading failed; not ready: {e}");
         }
     });
-    let state = AppState::new(engine, keys);
+    let files = storage::FileStorage::open(&settings.home, settings.max_file_bytes)
+        .map_err(std::io::Error::other)?;
+    let state = AppState::new(engine, keys, files);
     let app = api::router(state, settings.max_body_bytes);
     let drain_timeout = settings.drain_timeout;
     match &settings.tls {

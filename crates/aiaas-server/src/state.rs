@@ -6,6 +6,7 @@ use aiaas_engine::{Engine, LoadedGenerator};
 
 use crate::api::ApiError;
 use crate::gate::{Keys, Limiter};
+use crate::storage::FileStorage;
 use crate::store::{KeyRecord, Store};
 use crate::telemetry::HttpMetrics;
 
@@ -15,16 +16,18 @@ pub struct AppState {
     pub keys: Keys,
     pub limiter: Arc<Limiter>,
     pub http_metrics: Arc<HttpMetrics>,
+    pub files: Arc<FileStorage>,
 }
 
 impl AppState {
-    pub fn new(engine: Arc<Engine>, keys: Keys) -> Self {
+    pub fn new(engine: Arc<Engine>, keys: Keys, files: FileStorage) -> Self {
         let http_metrics = Arc::new(HttpMetrics::register(engine.metrics().registry()));
         Self {
             engine,
             keys,
             limiter: Arc::default(),
             http_metrics,
+            files: Arc::new(files),
         }
     }
 

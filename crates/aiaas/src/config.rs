@@ -19,6 +19,8 @@ const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Seconds requests in flight may run on after SIGTERM/SIGINT.
 const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// The largest file the Files API accepts by default: 512 MiB.
+const DEFAULT_MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The optional `aiaas.toml` in the home folder.
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +38,7 @@ pub struct FileConfig {
     pub max_completion_tokens: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub max_file_bytes: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -106,6 +109,7 @@ impl Settings {
             format!("fetch_default_model = {}", !args.no_default_model),
             format!("max_body_bytes = {}", self.max_body_bytes()),
             format!("drain_timeout_secs = {}", self.drain_timeout().as_secs()),
+            format!("max_file_bytes = {}", self.max_file_bytes()),
             format!("log_json = {}", self.log_json),
             format!("preload = {:?}", residency.preload),
             format!(
@@ -191,6 +195,11 @@ impl Settings {
             (None, None) => Ok(None),
             _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
         }
+    }
+
+    /// The largest file the Files API accepts.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.file.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES)
     }
 
     pub fn drain_timeout(&self) -> std::time::Duration {

@@ -62,4 +62,18 @@ try:
 except openai.AuthenticationError as e:
     assert e.status_code == 401
 
+# The Files API: upload, describe, list, download, delete.
+payload = b'{"custom_id": "1", "body": {"input": "hello"}}\n' * 1000
+uploaded = client.files.create(file=("requests.jsonl", payload), purpose="batch")
+assert uploaded.bytes == len(payload) and uploaded.filename == "requests.jsonl", uploaded
+assert client.files.retrieve(uploaded.id).purpose == "batch"
+assert uploaded.id in [f.id for f in client.files.list()]
+assert client.files.content(uploaded.id).content == payload
+assert client.files.delete(uploaded.id).deleted
+try:
+    client.files.retrieve(uploaded.id)
+    raise AssertionError("expected a 404 after deletion")
+except openai.NotFoundError:
+    pass
+
 print("all openai SDK checks passed")

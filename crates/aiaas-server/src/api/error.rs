@@ -53,6 +53,11 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored file or its key failed authentication, or the master key is unusable.
+    #[error("{0}")]
+    Vault(String),
 }
 
 impl ApiError {
@@ -108,7 +113,13 @@ impl ApiError {
                 None,
                 Some("insufficient_quota"),
             ),
-            Self::Limit(LimitError::Store(_)) | Self::Store(_) => (
+            Self::Vault(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                Some("file_integrity_error"),
+            ),
+            Self::Limit(LimitError::Store(_)) | Self::Store(_) | Self::Io(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 None,

@@ -7,6 +7,7 @@ mod chat;
 mod completions;
 mod embeddings;
 mod error;
+mod files;
 mod generation;
 mod health;
 mod json;
@@ -32,12 +33,22 @@ pub use json::{AppJson, BodyLimit};
 use crate::{gate, telemetry, AppState};
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    // Uploads may be larger than other bodies: room for the file and the form around it.
+    let upload_limit = usize::try_from(state.files.max_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 * 1024);
+    let files = OpenApiRouter::new()
+        .routes(routes!(files::upload, files::list))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .routes(routes!(files::retrieve, files::delete))
+        .routes(routes!(files::content));
     let v1 = OpenApiRouter::new()
         .routes(routes!(models::list))
         .routes(routes!(models::retrieve))
         .routes(routes!(chat::create))
         .routes(routes!(completions::create))
         .routes(routes!(embeddings::create))
+        .merge(files)
         // Every /v1 route, present and future, is keyed: the layer wraps them all.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,8 +1,9 @@
-//! Path and query extractors whose failures are OpenAI-shaped 400s (axum's own answer in plain
-//! text, which clients and the API document do not expect).
+//! Path, query and multipart extractors whose failures are OpenAI-shaped 400s (axum's own
+//! answer in plain text, which clients and the API document do not expect).
 
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Multipart, Request};
 
 use super::ApiError;
 
@@ -13,6 +14,28 @@ pub struct AppPath<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct AppQuery<T>(pub T);
+
+pub struct AppMultipart(pub Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for AppMultipart {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(Multipart::from_request(request, state).await?))
+    }
+}
+
+impl From<MultipartRejection> for ApiError {
+    fn from(rejection: MultipartRejection) -> Self {
+        Self::InvalidRequest {
+            message: format!(
+                "expected a multipart/form-data body: {}",
+                rejection.body_text()
+            ),
+            param: None,
+        }
+    }
+}
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {

@@ -12,7 +12,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use records::{AuditEntry, KeyRecord, UsageFilter, UsageGroup, UsageGrouping, UsageRecord};
+pub use records::{
+    AuditEntry, FileRecord, KeyRecord, UsageFilter, UsageGroup, UsageGrouping, UsageRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

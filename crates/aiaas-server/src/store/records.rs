@@ -100,7 +100,71 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A stored file's metadata (its body is on disk, encrypted).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FileRecord {
+    pub id: String,
+    pub key_id: String,
+    pub filename: String,
+    pub purpose: String,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub wrapped_key: Vec<u8>,
+    pub master_key_id: String,
+}
+
 impl Store {
+    pub async fn insert_file(&self, file: &FileRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO files (id, key_id, filename, purpose, bytes, created_at, wrapped_key, \
+             master_key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&file.id)
+        .bind(&file.key_id)
+        .bind(&file.filename)
+        .bind(&file.purpose)
+        .bind(file.bytes)
+        .bind(file.created_at)
+        .bind(&file.wrapped_key)
+        .bind(&file.master_key_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The file if it exists and belongs to `key_id`.
+    pub async fn file(&self, key_id: &str, id: &str) -> Result<Option<FileRecord>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM files WHERE id = $1 AND key_id = $2")
+                .bind(id)
+                .bind(key_id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// `key_id`'s files, newest first, optionally of one purpose.
+    pub async fn files(&self, key_id: &str, purpose: Option<&str>) -> Result<Vec<FileRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM files WHERE key_id = $1 AND ($2 IS NULL OR purpose = $2) \
+             ORDER BY created_at DESC, id DESC",
+        )
+        .bind(key_id)
+        .bind(purpose)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Deletes the row; whether there was one of `key_id`'s.
+    pub async fn delete_file(&self, key_id: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM files WHERE id = $1 AND key_id = $2")
+            .bind(id)
+            .bind(key_id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, hash, admin, models, rpm, tpm, daily_tokens, \

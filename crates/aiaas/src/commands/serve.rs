@@ -38,6 +38,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
             max_body_bytes: settings.max_body_bytes(),
             drain_timeout: settings.drain_timeout(),
             tls,
+            max_file_bytes: settings.max_file_bytes(),
         },
         engine,
     )

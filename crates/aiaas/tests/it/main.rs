@@ -4,6 +4,7 @@ mod common;
 mod config;
 mod embeddings;
 mod errors;
+mod files;
 mod generation;
 mod lifecycle;
 mod limits;
