@@ -5,7 +5,7 @@ pub mod api;
 pub mod clock;
 pub mod gate;
 mod state;
-mod storage;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::vault::{MasterKey, VaultError};
+use crate::store::Store;
+use crate::vault::{self, Keyring, MasterKey, VaultError};
 
 pub struct FileStorage {
     dir: PathBuf,
-    pub master: MasterKey,
+    pub keys: Keyring,
     /// The largest file accepted, in bytes.
     pub max_bytes: u64,
 }
@@ -22,7 +23,7 @@ impl FileStorage {
         }
         std::fs::create_dir_all(&incoming)?;
         Ok(Self {
-            master: MasterKey::load_or_create(home)?,
+            keys: Keyring::load_or_create(home)?,
             dir,
             max_bytes,
         })
@@ -35,4 +36,63 @@ impl FileStorage {
     pub fn temp_path(&self, id: &str) -> PathBuf {
         self.dir.join("incoming").join(format!("{id}.part"))
     }
+}
+
+/// What a master key rotation did.
+pub struct Rotation {
+    pub new_key_id: String,
+    pub rewrapped: usize,
+    /// With keys from the environment: the new key, for the operator to put there.
+    pub new_key_for_environment: Option<String>,
+}
+
+/// Re-wraps every stored file's data key under a new master key, in one transaction; the
+/// bodies are not touched. With the key file: the new key is written to `master.key.next`
+/// first, then the rows change, then it replaces `master.key` (a rotation cut off at any point
+/// leaves every file readable: the server accepts both files). With `AIAAS_MASTER_KEY`: the
+/// new key is `AIAAS_NEW_MASTER_KEY`, and the operator then makes it the environment's.
+/// Run it with the server stopped: an upload during the rotation would stay wrapped by the
+/// old key.
+pub async fn rotate_master_key(home: &Path, store: &Store) -> Result<Rotation, RotationError> {
+    let keys = Keyring::load_or_create(home)?;
+    let from_environment = std::env::var("AIAAS_MASTER_KEY").is_ok();
+    let (new_key, new_hex) = if from_environment {
+        let hex_key = std::env::var("AIAAS_NEW_MASTER_KEY").map_err(|_| {
+            VaultError::MasterKey(
+                "keys come from AIAAS_MASTER_KEY: give the new one in AIAAS_NEW_MASTER_KEY".into(),
+            )
+        })?;
+        (MasterKey::from_hex(hex_key.trim())?, hex_key)
+    } else {
+        let (key, hex_key) = MasterKey::generate();
+        vault::write_key_file(&home.join(vault::NEXT_KEY_FILE), &hex_key)?;
+        (key, hex_key)
+    };
+    let files = store.all_files().await?;
+    let mut rewrapped = Vec::with_capacity(files.len());
+    for file in &files {
+        let data_key = keys.unwrap(&file.wrapped_key, &file.id, &file.master_key_id)?;
+        rewrapped.push((file.id.clone(), new_key.wrap(&data_key, &file.id)));
+    }
+    store.rewrap_files(&rewrapped, &new_key.id).await?;
+    if !from_environment {
+        std::fs::rename(home.join(vault::NEXT_KEY_FILE), home.join(vault::KEY_FILE))
+            .map_err(VaultError::from)?;
+        std::fs::File::open(home)
+            .and_then(|dir| dir.sync_all())
+            .map_err(VaultError::from)?;
+    }
+    Ok(Rotation {
+        new_key_id: new_key.id,
+        rewrapped: rewrapped.len(),
+        new_key_for_environment: from_environment.then_some(new_hex),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }

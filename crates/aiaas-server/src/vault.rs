@@ -5,8 +5,8 @@
 //! A chunk's nonce is its index and whether it is the last, and every seal is bound to the
 //! file's id as associated data: a changed, reordered, truncated or extended body, or a body or
 //! wrapped key moved to another file, fails authentication instead of decrypting to something
-//! else. The master key comes from `AIAAS_MASTER_KEY` (64 hex digits) or from `master.key` in
-//! the home folder, created at first start with mode 0600.
+//! else. The master keys come from `AIAAS_MASTER_KEY` or from `master.key` in the home folder
+//! (`Keyring`).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -43,29 +43,11 @@ pub struct MasterKey {
 }
 
 impl MasterKey {
-    /// From `AIAAS_MASTER_KEY`, else from `home/master.key`, created (random, mode 0600) if
-    /// missing.
-    pub fn load_or_create(home: &Path) -> Result<Self, VaultError> {
-        if let Ok(hex_key) = std::env::var("AIAAS_MASTER_KEY") {
-            return Self::from_hex(hex_key.trim());
-        }
-        let path = home.join("master.key");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_hex(text.trim()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)?;
-                file.write_all(hex::encode(key).as_bytes())?;
-                file.sync_all()?;
-                Ok(Self::new(&key))
-            }
-            Err(e) => Err(e.into()),
-        }
+    /// A new random key.
+    pub fn generate() -> (Self, String) {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        (Self::new(&key), hex::encode(key))
     }
 
     pub fn from_hex(text: &str) -> Result<Self, VaultError> {
@@ -120,6 +102,90 @@ impl MasterKey {
             .map_err(|_| VaultError::Integrity)?;
         key.try_into().map_err(|_| VaultError::Integrity)
     }
+}
+
+/// The master keys a server can unwrap with: the current one (which wraps new files) and any
+/// older ones still named by stored files.
+///
+/// From `AIAAS_MASTER_KEY` (comma-separated hex keys, the current first), else from the home
+/// folder: `master.key` (created at first start, mode 0600) and, after a rotation cut off
+/// before its end, `master.key.next`.
+pub struct Keyring {
+    pub current: MasterKey,
+    older: Vec<MasterKey>,
+}
+
+/// The key file in the home folder, and the one a rotation writes before it switches.
+pub const KEY_FILE: &str = "master.key";
+pub const NEXT_KEY_FILE: &str = "master.key.next";
+
+impl Keyring {
+    pub fn load_or_create(home: &Path) -> Result<Self, VaultError> {
+        if let Ok(keys) = std::env::var("AIAAS_MASTER_KEY") {
+            let mut keys = keys
+                .split(',')
+                .map(|k| MasterKey::from_hex(k.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let current = keys.remove(0);
+            return Ok(Self {
+                current,
+                older: keys,
+            });
+        }
+        let current = match read_key_file(&home.join(KEY_FILE))? {
+            Some(key) => key,
+            None => {
+                let (key, hex_key) = MasterKey::generate();
+                write_key_file(&home.join(KEY_FILE), &hex_key)?;
+                key
+            }
+        };
+        let older = read_key_file(&home.join(NEXT_KEY_FILE))?
+            .into_iter()
+            .collect();
+        Ok(Self { current, older })
+    }
+
+    /// The data key of a stored file, unwrapped by the master key that wrapped it.
+    pub fn unwrap(
+        &self,
+        wrapped: &[u8],
+        file_id: &str,
+        master_key_id: &str,
+    ) -> Result<[u8; 32], VaultError> {
+        std::iter::once(&self.current)
+            .chain(&self.older)
+            .find(|key| key.id == master_key_id)
+            .ok_or_else(|| {
+                VaultError::MasterKey(format!(
+                    "{file_id} was wrapped by master key {master_key_id}, which this server does \
+                     not have"
+                ))
+            })?
+            .unwrap(wrapped, file_id)
+    }
+}
+
+/// A key file's key, `None` if there is no such file.
+fn read_key_file(path: &Path) -> Result<Option<MasterKey>, VaultError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => MasterKey::from_hex(text.trim()).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a new key file, mode 0600 from the start, synced.
+pub fn write_key_file(path: &Path, hex_key: &str) -> Result<(), VaultError> {
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(hex_key.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
 }
 
 /// The nonce of chunk `index`: the index, then whether it is the last chunk.

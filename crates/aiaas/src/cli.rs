@@ -92,6 +92,10 @@ pub enum KeysCommand {
     Rotate { id: String },
     /// Show the audit log of key changes.
     Audit,
+    /// Re-wrap every stored file's data key under a new master key (file bodies are not
+    /// rewritten). Run it with the server stopped. With keys from `AIAAS_MASTER_KEY`, give the
+    /// new key in `AIAAS_NEW_MASTER_KEY`.
+    RotateMaster,
 }
 
 #[derive(Debug, Args)]

@@ -124,7 +124,7 @@ pub async fn upload(
     let storage = state.files.clone();
     let limit = storage.max_bytes;
     let id = response_id("file");
-    let (data_key, wrapped_key) = storage.master.new_data_key(&id);
+    let (data_key, wrapped_key) = storage.keys.current.new_data_key(&id);
     let mut purpose = None;
     let mut body: Option<(TempBody, String, u64)> = None;
     while let Some(mut field) = form
@@ -180,7 +180,7 @@ pub async fn upload(
         bytes: bytes as i64,
         created_at: unix_now() as i64,
         wrapped_key,
-        master_key_id: storage.master.id.clone(),
+        master_key_id: storage.keys.current.id.clone(),
     };
     let final_path = storage.body_path(&id);
     std::fs::rename(temp.0.as_ref().expect("set until moved"), &final_path)?;
@@ -266,7 +266,9 @@ pub async fn content(
 ) -> Result<Response, ApiError> {
     let record = owned(&state, &key, &id).await?;
     let storage: &FileStorage = &state.files;
-    let data_key = storage.master.unwrap(&record.wrapped_key, &record.id)?;
+    let data_key = storage
+        .keys
+        .unwrap(&record.wrapped_key, &record.id, &record.master_key_id)?;
     let path = storage.body_path(&id);
     let open = {
         let (path, id) = (path.clone(), id.clone());

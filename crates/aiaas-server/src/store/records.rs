@@ -155,6 +155,33 @@ impl Store {
         .await?)
     }
 
+    /// Every stored file, of every key.
+    pub async fn all_files(&self) -> Result<Vec<FileRecord>> {
+        Ok(sqlx::query_as("SELECT * FROM files ORDER BY id")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// New wrapped data keys for files (`(id, wrapped key)`), all under `master_key_id`, in one
+    /// transaction.
+    pub async fn rewrap_files(
+        &self,
+        wrapped: &[(String, Vec<u8>)],
+        master_key_id: &str,
+    ) -> Result<()> {
+        let mut transaction = self.pool().begin().await?;
+        for (id, key) in wrapped {
+            sqlx::query("UPDATE files SET wrapped_key = $1, master_key_id = $2 WHERE id = $3")
+                .bind(key)
+                .bind(master_key_id)
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
     /// Deletes the row; whether there was one of `key_id`'s.
     pub async fn delete_file(&self, key_id: &str, id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM files WHERE id = $1 AND key_id = $2")

@@ -3,12 +3,26 @@
 
 use aiaas_server::clock;
 use aiaas_server::gate::KeySpec;
-use aiaas_server::store::{UsageFilter, UsageGrouping};
+use aiaas_server::store::{Store, UsageFilter, UsageGrouping};
 use anyhow::{bail, Context};
 
 use super::admin::Admin;
 use crate::cli::{KeysCommand, UsageArgs};
 use crate::config::Settings;
+
+/// The master key lives with the files: this works on the home folder, never over the network.
+async fn rotate_master(settings: &Settings) -> anyhow::Result<()> {
+    let store = Store::open(&aiaas_server::database_path(&settings.home)).await?;
+    let rotation = aiaas_server::storage::rotate_master_key(&settings.home, &store).await?;
+    println!(
+        "re-wrapped {} file key(s) under master key {}",
+        rotation.rewrapped, rotation.new_key_id
+    );
+    if let Some(key) = rotation.new_key_for_environment {
+        println!("set AIAAS_MASTER_KEY={key} before starting the server");
+    }
+    Ok(())
+}
 
 pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
     let admin = Admin::connect(settings).await?;
@@ -104,6 +118,7 @@ pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()
                 record.id, record.name
             );
         }
+        KeysCommand::RotateMaster => rotate_master(settings).await?,
         KeysCommand::Audit => {
             for e in admin.audit().await? {
                 println!(

@@ -68,8 +68,18 @@ impl TestServer {
     /// Kills the server with SIGKILL (no chance to flush anything) and starts it again on the
     /// same home folder.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same home folder (after `kill`).
+    pub fn restart(&mut self) {
         let (child, base) = spawn(&self.home, None);
         self.child = child;
         self.base = base;

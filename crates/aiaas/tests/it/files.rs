@@ -4,7 +4,7 @@
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
-use crate::common::{error, TestServer, KEY};
+use crate::common::{aiaas, error, TestServer, KEY};
 use crate::limits::create_key;
 
 async fn upload(server: &TestServer, key: &str, form: Form) -> (u16, Value) {
@@ -146,6 +146,36 @@ async fn an_upload_over_the_size_limit_is_refused_and_leaves_nothing() {
     assert_eq!(sealed_bodies(&server).len(), 1);
     let incoming = std::fs::read_dir(server.home.join("files").join("incoming")).unwrap();
     assert_eq!(incoming.count(), 0);
+}
+
+#[tokio::test]
+async fn rotating_the_master_key_rewraps_keys_without_rewriting_bodies() {
+    let mut server = TestServer::start(&[]).await;
+    let body = b"ledger line\n".repeat(20_000);
+    let (status, file) = upload(&server, KEY, file_form("user_data", body.clone())).await;
+    assert_eq!(status, 200, "{file}");
+    let id = file["id"].as_str().unwrap().to_string();
+    let key_file = server.home.join("master.key");
+    let (old_key, sealed) = (std::fs::read(&key_file).unwrap(), sealed_bodies(&server));
+    let old_body = std::fs::read(&sealed[0]).unwrap();
+
+    server.kill();
+    let printed = aiaas(&server.home, &["keys", "rotate-master"], &[]);
+    assert!(printed.contains("re-wrapped 1 file key"), "{printed}");
+    assert_ne!(std::fs::read(&key_file).unwrap(), old_key);
+    assert_eq!(
+        std::fs::read(&sealed[0]).unwrap(),
+        old_body,
+        "the body was rewritten"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    server.restart();
+    let content = get_as(&server, KEY, &format!("/v1/files/{id}/content")).await;
+    assert_eq!(content.status(), 200);
+    assert_eq!(content.bytes().await.unwrap().as_ref(), body.as_slice());
 }
 
 /// Every file under `dir`.
