@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// The largest file the Files API accepts, in bytes.
     pub max_file_bytes: u64,
+    /// Log JSON request bodies (an operator's opt-in; off by default).
+    pub log_request_bodies: bool,
 }
 
 /// Binds the listener and serves until SIGINT or SIGTERM. Prints the bound address on stdout
@@ -66,7 +68,7 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
     let files = storage::FileStorage::open(&settings.home, settings.max_file_bytes)
         .map_err(std::io::Error::other)?;
     let state = AppState::new(engine, keys, files);
-    let app = api::router(state, settings.max_body_bytes);
+    let app = api::router(state, settings.max_body_bytes, settings.log_request_bodies);
     let drain_timeout = settings.drain_timeout;
     match &settings.tls {
         None => serve_http(settings.listen, app, drain_timeout).await?,

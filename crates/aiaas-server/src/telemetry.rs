@@ -64,6 +64,33 @@ impl HttpMetrics {
     }
 }
 
+/// The operator's opt-in (`log_request_bodies`): logs each JSON request body in the request's
+/// span (other bodies, file uploads among them, are never read here). Off by default: request
+/// content is private.
+pub async fn log_request_body(request: Request, next: Next) -> Response {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return next.run(request).await;
+    }
+    let limit = request
+        .extensions()
+        .get::<crate::api::BodyLimit>()
+        .map_or(usize::MAX, |limit| limit.0);
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            tracing::info!(body = %String::from_utf8_lossy(&bytes), "request body");
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(_) => crate::api::ApiError::PayloadTooLarge(limit).into_response(),
+    }
+}
+
 /// Counts and times every request by its route pattern (not its raw path: `/v1/models/{id}`,
 /// however many ids are asked for), model and status.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {

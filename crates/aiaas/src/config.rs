@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_file_bytes: Option<u64>,
+    pub log_request_bodies: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -110,6 +111,7 @@ impl Settings {
             format!("max_body_bytes = {}", self.max_body_bytes()),
             format!("drain_timeout_secs = {}", self.drain_timeout().as_secs()),
             format!("max_file_bytes = {}", self.max_file_bytes()),
+            format!("log_request_bodies = {}", self.log_request_bodies()),
             format!("log_json = {}", self.log_json),
             format!("preload = {:?}", residency.preload),
             format!(
@@ -195,6 +197,11 @@ impl Settings {
             (None, None) => Ok(None),
             _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
         }
+    }
+
+    /// Whether request bodies are logged (the operator's opt-in in `aiaas.toml`).
+    pub fn log_request_bodies(&self) -> bool {
+        self.file.log_request_bodies.unwrap_or(false)
     }
 
     /// The largest file the Files API accepts.

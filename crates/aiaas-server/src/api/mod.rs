@@ -32,7 +32,9 @@ pub use json::{AppJson, BodyLimit};
 
 use crate::{gate, telemetry, AppState};
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The application. `log_request_bodies` is the operator's opt-in to request content in the
+/// logs (`telemetry::log_request_body`).
+pub fn router(state: AppState, max_body_bytes: usize, log_request_bodies: bool) -> Router {
     // Uploads may be larger than other bodies: room for the file and the form around it.
     let upload_limit = usize::try_from(state.files.max_bytes)
         .unwrap_or(usize::MAX)
@@ -48,7 +50,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(chat::create))
         .routes(routes!(completions::create))
         .routes(routes!(embeddings::create))
-        .merge(files)
+        .merge(files);
+    let v1 = if log_request_bodies {
+        v1.route_layer(middleware::from_fn(telemetry::log_request_body))
+    } else {
+        v1
+    };
+    let v1 = v1
         // Every /v1 route, present and future, is keyed: the layer wraps them all.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

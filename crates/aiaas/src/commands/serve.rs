@@ -39,6 +39,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<()> {
             drain_timeout: settings.drain_timeout(),
             tls,
             max_file_bytes: settings.max_file_bytes(),
+            log_request_bodies: settings.log_request_bodies(),
         },
         engine,
     )

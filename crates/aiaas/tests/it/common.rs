@@ -72,6 +72,11 @@ impl TestServer {
         self.restart();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server with SIGKILL and waits for it to be gone.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();

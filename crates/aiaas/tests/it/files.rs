@@ -178,6 +178,77 @@ async fn rotating_the_master_key_rewraps_keys_without_rewriting_bodies() {
     assert_eq!(content.bytes().await.unwrap().as_ref(), body.as_slice());
 }
 
+/// A process's peak resident memory in bytes (`VmHWM` in /proc).
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn a_large_upload_streams_in_bounded_memory_and_one_cut_off_leaves_nothing() {
+    let mut server = TestServer::start(&[]).await;
+    // 128 MiB, generated while it is sent.
+    let size = 128u64 << 20;
+    let pieces =
+        futures::stream::iter((0..128).map(|_| Ok::<_, std::io::Error>(vec![42u8; 1 << 20])));
+    let part =
+        Part::stream_with_length(reqwest::Body::wrap_stream(pieces), size).file_name("big.bin");
+    let before = peak_memory(server.pid());
+    let (status, file) = upload(
+        &server,
+        KEY,
+        Form::new().text("purpose", "batch").part("file", part),
+    )
+    .await;
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(file["bytes"], size);
+    let after = peak_memory(server.pid());
+    println!(
+        "server peak resident memory: {before} bytes before, {after} after a {size}-byte upload"
+    );
+    assert!(after < before + (32 << 20), "{before} → {after}");
+
+    // An upload still arriving when the server is killed: after the restart, nothing of it.
+    let slow = futures::stream::unfold(0, |sent| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        (sent < 1000).then(|| (Ok::<_, std::io::Error>(vec![1u8; 64 << 10]), sent + 1))
+    });
+    let form = Form::new().text("purpose", "batch").part(
+        "file",
+        Part::stream(reqwest::Body::wrap_stream(slow)).file_name("cut.bin"),
+    );
+    let request = server
+        .client
+        .post(server.url("/v1/files"))
+        .bearer_auth(KEY)
+        .multipart(form);
+    let upload_task = tokio::spawn(request.send());
+    let incoming = server.home.join("files").join("incoming");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&incoming).unwrap().count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.kill();
+    assert!(upload_task.await.unwrap().is_err());
+    server.restart();
+    let (_, list) = server.get("/v1/files").await;
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["big.bin"]);
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+    assert_eq!(sealed_bodies(&server).len(), 1);
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();

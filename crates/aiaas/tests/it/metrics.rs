@@ -193,3 +193,33 @@ fn json_logs_are_one_object_per_line_with_the_request_id() {
     assert_eq!(traced["level"], "INFO");
     assert!(!log.contains(crate::common::KEY), "the key reached the log");
 }
+
+/// The log of a server that received one chat request whose content holds a marker.
+fn log_of_a_request_with_content(config: &str) -> String {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = TestServer::start_logging_configured(&[], config).await;
+        let body = json!({
+            "model": "none",
+            "messages": [{"role": "user", "content": "private-marker-5150"}]
+        });
+        let (status, _) = server.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 404);
+        server.stop_and_read_log().await
+    })
+}
+
+#[test]
+fn request_content_reaches_the_log_only_when_the_operator_opts_in() {
+    let log = log_of_a_request_with_content("");
+    assert!(
+        !log.contains("private-marker-5150"),
+        "content in the log by default:\n{log}"
+    );
+    let log = log_of_a_request_with_content("log_request_bodies = true\n");
+    assert!(
+        log.contains("private-marker-5150"),
+        "the opt-in logged nothing:\n{log}"
+    );
+    assert!(!log.contains(crate::common::KEY), "the key reached the log");
+}
