@@ -17,26 +17,38 @@ pub struct TestServer {
     pub base: String,
     pub home: PathBuf,
     child: Child,
+    /// Extra environment of the server process (kept for restarts).
+    env: Vec<(String, String)>,
     pub client: reqwest::Client,
 }
 
 impl TestServer {
     pub async fn start(models: &[&str]) -> Self {
-        Self::launch(models, false, "").await
+        Self::launch(models, false, "", &[]).await
+    }
+
+    /// Like `start`, with extra environment variables for the server.
+    pub async fn start_with_env(models: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(models, false, "", env).await
     }
 
     /// Like `start_configured`, with the server's log (stderr) written to `server.log` in its
     /// home.
     pub async fn start_logging_configured(models: &[&str], config: &str) -> Self {
-        Self::launch(models, true, config).await
+        Self::launch(models, true, config, &[]).await
     }
 
     /// Like `start`, with `config` as the home's `aiaas.toml`.
     pub async fn start_configured(models: &[&str], config: &str) -> Self {
-        Self::launch(models, false, config).await
+        Self::launch(models, false, config, &[]).await
     }
 
-    async fn launch(models: &[&str], capture_log: bool, config: &str) -> Self {
+    async fn launch(
+        models: &[&str],
+        capture_log: bool,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let home =
             std::env::temp_dir().join(format!("aiaas-it-{}-{}", std::process::id(), rand_suffix()));
         let repository = ModelRepository::open(home.join("models")).unwrap();
@@ -49,11 +61,16 @@ impl TestServer {
         }
         std::fs::write(home.join("aiaas.toml"), config).unwrap();
         let log = capture_log.then(|| home.join("server.log"));
-        let (child, base) = spawn(&home, log.as_deref());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, base) = spawn(&home, log.as_deref(), &env);
         Self {
             base,
             home,
             child,
+            env,
             client: reqwest::Client::new(),
         }
     }
@@ -83,9 +100,15 @@ impl TestServer {
         self.child.wait().unwrap();
     }
 
+    /// Sets an environment variable of the server for its next `restart`.
+    pub fn env_set(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
+    }
+
     /// Starts the server again on the same home folder (after `kill`).
     pub fn restart(&mut self) {
-        let (child, base) = spawn(&self.home, None);
+        let (child, base) = spawn(&self.home, None, &self.env);
         self.child = child;
         self.base = base;
     }
@@ -241,7 +264,11 @@ impl TestServer {
     }
 }
 
-fn spawn(home: &std::path::Path, log: Option<&std::path::Path>) -> (Child, String) {
+fn spawn(
+    home: &std::path::Path,
+    log: Option<&std::path::Path>,
+    env: &[(String, String)],
+) -> (Child, String) {
     let stderr = match log {
         Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
         None => Stdio::inherit(),
@@ -250,6 +277,7 @@ fn spawn(home: &std::path::Path, log: Option<&std::path::Path>) -> (Child, Strin
         .args(["serve", "--port", "0", "--no-default-model"])
         .env("AIAAS_HOME", home)
         .env("AIAAS_API_KEY", KEY)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()

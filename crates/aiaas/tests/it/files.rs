@@ -178,6 +178,43 @@ async fn rotating_the_master_key_rewraps_keys_without_rewriting_bodies() {
     assert_eq!(content.bytes().await.unwrap().as_ref(), body.as_slice());
 }
 
+#[tokio::test]
+async fn a_master_key_from_the_environment_is_used_and_needed() {
+    let first = "11".repeat(32);
+    let mut server = TestServer::start_with_env(&[], &[("AIAAS_MASTER_KEY", &first)]).await;
+    let body = b"kept under the environment's key".to_vec();
+    let (status, file) = upload(&server, KEY, file_form("batch", body.clone())).await;
+    assert_eq!(status, 200, "{file}");
+    let id = file["id"].as_str().unwrap().to_string();
+    assert!(
+        !server.home.join("master.key").exists(),
+        "a key file was written"
+    );
+
+    // Rotated to a second key given in the environment; the server restarted with it reads
+    // the file, one with the first key alone cannot unwrap it.
+    server.kill();
+    let second = "22".repeat(32);
+    let env = [
+        ("AIAAS_MASTER_KEY", first.as_str()),
+        ("AIAAS_NEW_MASTER_KEY", &second),
+    ];
+    let printed = aiaas(&server.home, &["keys", "rotate-master"], &env);
+    assert!(
+        printed.contains(&format!("AIAAS_MASTER_KEY={second}")),
+        "{printed}"
+    );
+    server.env_set("AIAAS_MASTER_KEY", &second);
+    server.restart();
+    let content = get_as(&server, KEY, &format!("/v1/files/{id}/content")).await;
+    assert_eq!(content.bytes().await.unwrap().as_ref(), body.as_slice());
+    server.kill();
+    server.env_set("AIAAS_MASTER_KEY", &first);
+    server.restart();
+    let refused = get_as(&server, KEY, &format!("/v1/files/{id}/content")).await;
+    assert_eq!(refused.status(), 500);
+}
+
 /// A process's peak resident memory in bytes (`VmHWM` in /proc).
 fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
