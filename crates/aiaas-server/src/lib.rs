@@ -67,6 +67,13 @@ pub async fn serve(settings: ServerSettings, engine: Arc<Engine>) -> std::io::Re
     });
     let files = storage::FileStorage::open(&settings.home, settings.max_file_bytes)
         .map_err(std::io::Error::other)?;
+    let orphans = files
+        .sweep_orphans(keys.store())
+        .await
+        .map_err(std::io::Error::other)?;
+    if orphans > 0 {
+        tracing::warn!(orphans, "removed stored file bodies that no record names");
+    }
     let state = AppState::new(engine, keys, files);
     let app = api::router(state, settings.max_body_bytes, settings.log_request_bodies);
     let drain_timeout = settings.drain_timeout;

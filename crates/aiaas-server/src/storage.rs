@@ -2,6 +2,7 @@
 //! and `files/incoming/` for uploads in progress (emptied at start: an upload cut off by a
 //! crash never became a file).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::store::Store;
@@ -30,13 +31,36 @@ impl FileStorage {
     }
 
     pub fn body_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.sealed"))
+        self.dir.join(format!("{id}{BODY_SUFFIX}"))
     }
 
     pub fn temp_path(&self, id: &str) -> PathBuf {
         self.dir.join("incoming").join(format!("{id}.part"))
     }
+
+    /// Removes bodies no record names (left by a crash between moving an upload into place and
+    /// recording it, or between deleting a record and its body); run at start, before any
+    /// upload. Says how many.
+    pub async fn sweep_orphans(&self, store: &Store) -> Result<usize, StorageError> {
+        let known: HashSet<String> = store.all_files().await?.into_iter().map(|f| f.id).collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(VaultError::from)? {
+            let path = entry.map_err(VaultError::from)?.path();
+            let name = path.file_name().and_then(|name| name.to_str());
+            let Some(id) = name.and_then(|name| name.strip_suffix(BODY_SUFFIX)) else {
+                continue;
+            };
+            if !known.contains(id) {
+                std::fs::remove_file(&path).map_err(VaultError::from)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
+
+/// The file name ending of a stored body.
+const BODY_SUFFIX: &str = ".sealed";
 
 /// What a master key rotation did.
 pub struct Rotation {
@@ -53,7 +77,7 @@ pub struct Rotation {
 /// new key is `AIAAS_NEW_MASTER_KEY`, and the operator then makes it the environment's.
 /// Run it with the server stopped: an upload during the rotation would stay wrapped by the
 /// old key.
-pub async fn rotate_master_key(home: &Path, store: &Store) -> Result<Rotation, RotationError> {
+pub async fn rotate_master_key(home: &Path, store: &Store) -> Result<Rotation, StorageError> {
     let keys = Keyring::load_or_create(home)?;
     let from_environment = std::env::var("AIAAS_MASTER_KEY").is_ok();
     let (new_key, new_hex) = if from_environment {
@@ -90,7 +114,7 @@ pub async fn rotate_master_key(home: &Path, store: &Store) -> Result<Rotation, R
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RotationError {
+pub enum StorageError {
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
