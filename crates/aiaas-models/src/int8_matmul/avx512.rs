@@ -1,16 +1,19 @@
-//! AVX-512 VNNI kernels for every format's products. `vpdpbusd` multiplies 64 unsigned weight
-//! bytes by 64 signed activation bytes and sums each run of four into one of 16 lanes: a pair of
-//! 32-weight blocks takes one instruction where the portable loop takes dozens. Each kernel
+//! AVX-512 VNNI kernels for every format's products. `vpdpbusd` multiplies 64 unsigned bytes by
+//! 64 signed bytes and sums each run of four into one of 16 lanes: a pair of 32-weight blocks
+//! takes one instruction where the portable loop takes dozens. For 32-weight blocks the
+//! activations are the unsigned operand (quantized here, once per product, lifted by 128, with
+//! the weights' share of the lift taken off once per weight pair), so the token loop does no
+//! sign handling; K-quants take unsigned weights and signed activations. Each kernel
 //! computes its format's `WeightBlock::dot_row` arithmetic exactly (integer sums are exact; the
 //! float operations are the same, in the same order), so results equal the portable kernel's to
 //! the bit, whatever the batch.
 //!
-//! Each pair of weight blocks is unpacked once and meets a tile of up to 8 tokens, whose running
+//! Each pair of weight blocks is unpacked once and meets a tile of up to 16 tokens, whose running
 //! sums stay in registers; the weights of the row two ahead are prefetched.
 //!
 //! The kernels are `#[target_feature]` functions, undefined behaviour on a CPU without those
 //! instructions: `Avx512` is a token that only `detect` creates, after checking, and its methods
-//! are the kernels' only callers. This is the module's only `unsafe`.
+//! are the kernels' only callers. Those calls and one masked load are the module's `unsafe`.
 //!
 //! No closure here goes to `Option::map` and its kin: closures carry the target features, and
 //! the std functions, compiled without them, cannot inline them (a call per block pair; measured
@@ -20,9 +23,12 @@
 use std::arch::x86_64::*;
 
 use bytemuck::{bytes_of, pod_read_unaligned};
+use half::f16;
+use rayon::prelude::*;
 
-use super::blocks::{self, Block32, Q8Activations, LANES, Q4_0, Q4_1, Q5_0, Q8_0};
+use super::blocks::{Block32, BLOCK, LANES, Q4_0, Q4_1, Q5_0, Q8_0};
 use super::k_quants::{Q8KActivations, SuperBlock, Q4K, Q6K};
+use super::TOKENS_PER_TASK;
 
 /// Proof that this CPU has AVX-512 F, BW and VNNI.
 #[derive(Clone, Copy)]
@@ -46,7 +52,7 @@ macro_rules! entry_points {
                     self,
                     weights: &[$block],
                     per_row: usize,
-                    activations: &[$activations],
+                    activations: &$activations,
                     out: &mut [f32],
                 ) {
                     // SAFETY: `self` exists only where `detect` found the features the kernel
@@ -59,42 +65,162 @@ macro_rules! entry_points {
 }
 
 entry_points! {
-    q4_0_rows: q4_0(Q4_0, Q8Activations);
-    q4_1_rows: q4_1(Q4_1, Q8Activations);
-    q5_0_rows: q5_0(Q5_0, Q8Activations);
-    q8_0_rows: q8_0(Q8_0, Q8Activations);
-    q4k_rows: q4k(Q4K, Q8KActivations);
-    q6k_rows: q6k(Q6K, Q8KActivations);
+    q4_0_rows: q4_0(Q4_0, PairedActivations);
+    q4_1_rows: q4_1(Q4_1, PairedActivations);
+    q5_0_rows: q5_0(Q5_0, PairedActivations);
+    q8_0_rows: q8_0(Q8_0, PairedActivations);
+    q4k_rows: q4k(Q4K, [Q8KActivations]);
+    q6k_rows: q6k(Q6K, [Q8KActivations]);
+}
+
+/// A product's activations for the kernels of 32-weight blocks: each token's blocks in pairs
+/// (the last one alone if odd), laid out so that the token loop reads whole registers.
+pub struct PairedActivations {
+    tokens: usize,
+    /// Token after token, pair after pair.
+    pairs: Vec<PairActivations>,
+    /// Pair after pair, token after token: the two blocks' scaled sums, so that the minimums'
+    /// lanes of 8 tokens (lanes 0 and 8 of each token's sum in `dot_row`) fill one register.
+    scaled_sums: Vec<[f32; 2]>,
+}
+
+/// A token's pair of activation blocks.
+#[derive(Clone, Copy)]
+struct PairActivations {
+    /// Both blocks' values plus 128 (a missing second block: zeros plus 128), as unsigned bytes:
+    /// `vpdpbusd`'s unsigned operand, so that the weights can be the signed one.
+    lifted: __m512i,
+    /// The first block's scale in lanes 0-7, the second's in lanes 8-15 (zero if missing).
+    scales: __m512,
+}
+
+impl PairedActivations {
+    /// `x` (tokens of `cols` values) quantized as `Q8Activations::quantize` does each block,
+    /// tokens shared out among the threads.
+    pub fn quantize(cpu: Avx512, x: &[f32], cols: usize) -> Self {
+        let tokens = x.len() / cols;
+        let per_token = (cols / BLOCK).div_ceil(2);
+        let empty = PairActivations {
+            lifted: bytemuck::Zeroable::zeroed(),
+            scales: bytemuck::Zeroable::zeroed(),
+        };
+        let mut pairs = vec![empty; tokens * per_token];
+        let mut token_sums = vec![[0f32; 2]; tokens * per_token];
+        pairs
+            .par_chunks_mut(TOKENS_PER_TASK * per_token)
+            .zip(token_sums.par_chunks_mut(TOKENS_PER_TASK * per_token))
+            .zip(x.par_chunks(TOKENS_PER_TASK * cols))
+            .for_each(|((pairs, sums), x)| {
+                let tokens = pairs
+                    .chunks_exact_mut(per_token)
+                    .zip(sums.chunks_exact_mut(per_token));
+                for ((pairs, sums), x) in tokens.zip(x.chunks_exact(cols)) {
+                    cpu.quantize_token(x, pairs, sums);
+                }
+            });
+        let mut scaled_sums = vec![[0f32; 2]; tokens * per_token];
+        for (t, sums) in token_sums.chunks_exact(per_token).enumerate() {
+            for (p, sums) in sums.iter().enumerate() {
+                scaled_sums[p * tokens + t] = *sums;
+            }
+        }
+        Self {
+            tokens,
+            pairs,
+            scaled_sums,
+        }
+    }
+}
+
+impl Avx512 {
+    fn quantize_token(self, x: &[f32], pairs: &mut [PairActivations], sums: &mut [[f32; 2]]) {
+        // SAFETY: `self` exists only where `detect` found the features.
+        unsafe { quantize_token(x, pairs, sums) }
+    }
+}
+
+/// One token's values (`x`) into its pairs of blocks and their scaled sums, as
+/// `Q8Activations::quantize` computes each block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn quantize_token(x: &[f32], pairs: &mut [PairActivations], sums: &mut [[f32; 2]]) {
+    let blocks = x.chunks_exact(BLOCK);
+    let mut blocks = blocks.zip(sums.as_flattened_mut());
+    for pair in pairs {
+        // Missing values are zeros: 128 once lifted.
+        let mut lifted = [_mm_set1_epi8(-128); 4];
+        let mut scales = [0f32; 2];
+        for (half, scale) in scales.iter_mut().enumerate() {
+            let Some((x, scaled_sum)) = blocks.next() else {
+                break;
+            };
+            let low: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[..16]));
+            let high: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[16..]));
+            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+            let step = max / 127.0;
+            let inverse = _mm512_set1_ps(if step != 0.0 { 1.0 / step } else { 0.0 });
+            let low = round_halves_away(_mm512_mul_ps(low, inverse));
+            let high = round_halves_away(_mm512_mul_ps(high, inverse));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
+            let flip = _mm_set1_epi8(-128);
+            lifted[2 * half] = _mm_xor_si128(_mm512_cvtepi32_epi8(low), flip);
+            lifted[2 * half + 1] = _mm_xor_si128(_mm512_cvtepi32_epi8(high), flip);
+            let step = f16::from_f32(step);
+            *scale = step.to_f32();
+            *scaled_sum = (f16::from_f32(sum as f32) * step).to_f32();
+        }
+        *pair = PairActivations {
+            lifted: bytemuck::cast(lifted),
+            scales: pair_of(scales[0], scales[1]),
+        };
+    }
+}
+
+/// `fast_math::round` of each lane (halves away from zero), as integers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn round_halves_away(x: __m512) -> __m512i {
+    let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+    let half_or_more = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+        _mm512_abs_ps(_mm512_sub_ps(x, whole)),
+        _mm512_set1_ps(0.5),
+    );
+    let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+    let one = _mm512_castsi512_ps(_mm512_or_si512(
+        sign,
+        _mm512_castps_si512(_mm512_set1_ps(1.0)),
+    ));
+    _mm512_cvttps_epi32(_mm512_mask_add_ps(whole, half_or_more, whole, one))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q4_0(weights: &[Q4_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
-    let unpack = |a: &Q4_0, b: Option<&Q4_0>| nibble_pair(a, b);
-    let dot = |w, x| offset_dot(w, x, 8);
-    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+fn q4_0(weights: &[Q4_0], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
+    let unpack =
+        |a: &Q4_0, b: Option<&Q4_0>| _mm512_sub_epi8(nibble_pair(a, b), _mm512_set1_epi8(8));
+    rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q4_1(weights: &[Q4_1], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+fn q4_1(weights: &[Q4_1], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
     let unpack = |a: &Q4_1, b: Option<&Q4_1>| nibble_pair(a, b);
-    let dot = |w, x| offset_dot(w, x, 0);
-    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+    rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q5_0(weights: &[Q5_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+fn q5_0(weights: &[Q5_0], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
     let unpack = |a: &Q5_0, b: Option<&Q5_0>| {
         let b_bits = if let Some(b) = b { b.high_bits } else { 0 };
         let fifth_bits = u64::from(a.high_bits) | (u64::from(b_bits) << 32);
         let fifth = _mm512_maskz_mov_epi8(fifth_bits, _mm512_set1_epi8(0x10));
-        _mm512_or_si512(nibble_pair(a, b), fifth)
+        _mm512_sub_epi8(
+            _mm512_or_si512(nibble_pair(a, b), fifth),
+            _mm512_set1_epi8(16),
+        )
     };
-    let dot = |w, x| offset_dot(w, x, 16);
-    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+    rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q8_0(weights: &[Q8_0], per_row: usize, activations: &[Q8Activations], out: &mut [f32]) {
+fn q8_0(weights: &[Q8_0], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
     let unpack = |a: &Q8_0, b: Option<&Q8_0>| {
         let b = if let Some(b) = b {
             bytes_of(&b.values)
@@ -103,14 +229,7 @@ fn q8_0(weights: &[Q8_0], per_row: usize, activations: &[Q8Activations], out: &m
         };
         halves(bytes_of(&a.values), b)
     };
-    // Signed weights: their magnitudes as the unsigned operand, their signs moved onto the
-    // activations (which lie in -127..=127, so negating one never overflows).
-    let dot = |w, x| {
-        let negate = _mm512_movepi8_mask(w);
-        let x = _mm512_mask_sub_epi8(x, negate, _mm512_setzero_si512(), x);
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), x)
-    };
-    rows_of_pairs(weights, per_row, activations, out, unpack, dot);
+    rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -172,21 +291,19 @@ fn q6k(weights: &[Q6K], per_row: usize, activations: &[Q8KActivations], out: &mu
 }
 
 /// Rows of 32-weight blocks times every token, as `blocks::dot_row` computes each: `unpack`
-/// gives two blocks' weights (the second may be missing: zeros) as 64 unsigned bytes in
-/// activation order, `dot` the 16 integer lane sums of such a pair with a pair of activation
-/// blocks. Tokens go in tiles of 8 (then 4, 2, 1), whose running sums stay in registers while
-/// each pair of weight blocks, unpacked once, meets all of them.
+/// gives two blocks' weights (the second may be missing: any values) as 64 signed bytes in
+/// activation order. Tokens go in tiles of 16 (then 8, 4, 2, 1), whose running sums stay in
+/// registers while each pair of weight blocks, unpacked once, meets all of them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 fn rows_of_pairs<B: Block32>(
     weights: &[B],
     per_row: usize,
-    activations: &[Q8Activations],
+    activations: &PairedActivations,
     out: &mut [f32],
     unpack: impl Fn(&B, Option<&B>) -> __m512i,
-    dot: impl Fn(__m512i, __m512i) -> __m512i,
 ) {
-    let tokens = activations.len() / per_row;
+    let tokens = activations.tokens;
     let mut first = 0;
     while first < tokens {
         let tile = Tile {
@@ -194,14 +311,14 @@ fn rows_of_pairs<B: Block32>(
             per_row,
             activations,
             out: &mut *out,
-            tokens,
             first,
         };
         first += match tokens - first {
-            8.. => tile.run::<8>(&unpack, &dot),
-            4.. => tile.run::<4>(&unpack, &dot),
-            2.. => tile.run::<2>(&unpack, &dot),
-            _ => tile.run::<1>(&unpack, &dot),
+            16.. => tile.run::<16>(&unpack),
+            8.. => tile.run::<8>(&unpack),
+            4.. => tile.run::<4>(&unpack),
+            2.. => tile.run::<2>(&unpack),
+            _ => tile.run::<1>(&unpack),
         };
     }
 }
@@ -210,75 +327,83 @@ fn rows_of_pairs<B: Block32>(
 struct Tile<'a, B> {
     weights: &'a [B],
     per_row: usize,
-    activations: &'a [Q8Activations],
+    activations: &'a PairedActivations,
     out: &'a mut [f32],
-    tokens: usize,
     first: usize,
 }
 
 impl<B: Block32> Tile<'_, B> {
-    /// Computes `T` tokens from `first` on (the caller makes sure there are as many), and says
-    /// how many.
+    /// Computes `T` tokens (at most 16) from `first` on (the caller makes sure there are as
+    /// many), and says how many.
+    ///
+    /// The activations come lifted by 128 (`PairActivations`), so one `vpdpbusd` started from
+    /// minus 128 times the weights' lane sums gives each lane's exact integer sum; the scale
+    /// products and the fused multiply-adds are `dot_row`'s, one vector operation each. The
+    /// minimums' lanes 0 and 8 of 8 tokens share one register (lanes 2t and 2t + 1).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    fn run<const T: usize>(
-        self,
-        unpack: &impl Fn(&B, Option<&B>) -> __m512i,
-        dot: &impl Fn(__m512i, __m512i) -> __m512i,
-    ) -> usize {
-        let per_row = self.per_row;
-        let acts: [&[Q8Activations]; T] =
-            std::array::from_fn(|t| &self.activations[(self.first + t) * per_row..][..per_row]);
-        let rows = self.weights.chunks_exact(per_row);
-        for (r, (row, totals)) in rows.zip(self.out.chunks_exact_mut(self.tokens)).enumerate() {
-            prefetch_row(self.weights, per_row, r + PREFETCH_ROWS_AHEAD);
+    fn run<const T: usize>(self, unpack: &impl Fn(&B, Option<&B>) -> __m512i) -> usize {
+        let Self {
+            weights,
+            per_row,
+            activations,
+            out,
+            first,
+        } = self;
+        let (tokens, pairs) = (activations.tokens, per_row.div_ceil(2));
+        let acts: [&[PairActivations]; T] =
+            std::array::from_fn(|t| &activations.pairs[(first + t) * pairs..][..pairs]);
+        // Registers of minimums' lanes: 8 tokens a register.
+        let min_registers = T.div_ceil(LANES / 2);
+        let last_lanes: u16 = u16::MAX >> (LANES - 2 * (T - LANES / 2 * (min_registers - 1)));
+        let rows = weights.chunks_exact(per_row);
+        for (r, (row, totals)) in rows.zip(out.chunks_exact_mut(tokens)).enumerate() {
+            prefetch_row(weights, per_row, r + PREFETCH_ROWS_AHEAD);
             let mut lanes = [_mm512_setzero_ps(); T];
-            // Minimums' lanes 0 and 8 (the others stay zero): those of the pairs' first and
-            // second blocks.
-            let mut min_lanes = [[0f32; 2]; T];
-            // Block `w` (and `v`, if any) times their activations in token t.
-            let mut step = |t: usize, pair: __m512i, w: &B, v: Option<&B>, j: usize| {
-                let a = &acts[t][j];
-                let (second, scale, min): (&[u8], f32, f32) = match v {
-                    Some(v) => {
-                        let b = &acts[t][j + 1];
-                        let min = if B::HAS_MIN {
-                            v.min().mul_add(b.scaled_sum, min_lanes[t][1])
-                        } else {
-                            0.0
-                        };
-                        (bytes_of(&b.values), v.scale() * b.scale, min)
-                    }
-                    None => (&[0; 32], 0.0 * 0.0, 0f32.mul_add(0.0, min_lanes[t][1])),
+            let mut min_lanes = [_mm512_setzero_ps(); 2];
+            for (p, blocks) in row.chunks(2).enumerate() {
+                let (w, v) = (&blocks[0], blocks.get(1));
+                let values = unpack(w, v);
+                let lift =
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), values);
+                let start = _mm512_sub_epi32(_mm512_setzero_si512(), lift);
+                let (v_scale, v_min) = match v {
+                    Some(v) => (v.scale(), v.min()),
+                    None => (0.0, 0.0),
                 };
-                let x = halves(bytes_of(&a.values), second);
-                let scales = pair_of(w.scale() * a.scale, scale);
-                lanes[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(pair, x)), scales, lanes[t]);
+                let scales = pair_of(w.scale(), v_scale);
+                for t in 0..T {
+                    let a = &acts[t][p];
+                    let sums = _mm512_dpbusd_epi32(start, a.lifted, values);
+                    let scale = _mm512_mul_ps(scales, a.scales);
+                    lanes[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, lanes[t]);
+                }
                 if B::HAS_MIN {
-                    min_lanes[t][0] = w.min().mul_add(a.scaled_sum, min_lanes[t][0]);
-                    min_lanes[t][1] = min;
-                }
-            };
-            let (whole, last) = row.as_chunks::<2>();
-            for (p, [w, v]) in whole.iter().enumerate() {
-                let pair = unpack(w, Some(v));
-                for t in 0..T {
-                    step(t, pair, w, Some(v), 2 * p);
+                    let mins = _mm512_castpd_ps(_mm512_set1_pd(f64::from_bits(
+                        u64::from(w.min().to_bits()) | u64::from(v_min.to_bits()) << 32,
+                    )));
+                    for (m, min_lanes) in min_lanes[..min_registers].iter_mut().enumerate() {
+                        let first = first + LANES / 2 * m;
+                        let sums = activations.scaled_sums[p * tokens + first..].as_ptr();
+                        let lanes = if m + 1 == min_registers {
+                            last_lanes
+                        } else {
+                            u16::MAX
+                        };
+                        // SAFETY: `T` pairs of sums from `first` on exist (`T` tokens do).
+                        let sums = unsafe { _mm512_maskz_loadu_ps(lanes, sums.cast()) };
+                        *min_lanes = _mm512_fmadd_ps(mins, sums, *min_lanes);
+                    }
                 }
             }
-            if let [w] = last {
-                let pair = unpack(w, None);
-                for t in 0..T {
-                    step(t, pair, w, None, 2 * whole.len());
-                }
-            }
-            let totals = &mut totals[self.first..][..T];
+            let min_lanes: [[f32; 2]; LANES] = bytemuck::cast(min_lanes);
+            let totals = &mut totals[first..][..T];
             for ((total, lanes), [even, odd]) in totals.iter_mut().zip(lanes).zip(min_lanes) {
                 *total = sum_lanes(lanes);
                 if B::HAS_MIN {
-                    let mut min_lanes = [0f32; LANES];
-                    (min_lanes[0], min_lanes[LANES / 2]) = (even, odd);
-                    *total += blocks::sum_lanes(&min_lanes);
+                    // `blocks::sum_lanes` of lanes that are zero but for 0 and 8: their sum,
+                    // plus zero (which turns -0 into +0).
+                    *total += (even + odd) + 0.0;
                 }
             }
         }

@@ -7,13 +7,13 @@ use half::f16;
 use crate::fast_math;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx512::Avx512;
+use super::avx512::{Avx512, PairedActivations};
 use super::{ActivationBlock, WeightBlock};
 
 /// Float lanes of a row's running sum: a 512-bit register of f32.
 pub(super) const LANES: usize = 16;
 
-const BLOCK: usize = 32;
+pub(super) const BLOCK: usize = 32;
 
 /// 32 activations quantized to 8 bits.
 pub struct Q8Activations {
@@ -48,6 +48,14 @@ impl ActivationBlock for Q8Activations {
             scaled_sum: (f16::from_f32(sum as f32) * scale).to_f32(),
             values,
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Form = PairedActivations;
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_quantize(cpu: Avx512, x: &[f32], cols: usize) -> PairedActivations {
+        PairedActivations::quantize(cpu, x, cols)
     }
 }
 
@@ -121,7 +129,7 @@ pub(super) trait Block32: Sized + Send + Sync {
         cpu: Avx512,
         weights: &[Self],
         per_row: usize,
-        activations: &[Q8Activations],
+        activations: &PairedActivations,
         out: &mut [f32],
     );
 }
@@ -154,7 +162,7 @@ impl<B: Block32> WeightBlock for B {
         cpu: Avx512,
         weights: &[Self],
         per_row: usize,
-        activations: &[Q8Activations],
+        activations: &PairedActivations,
         out: &mut [f32],
     ) {
         B::avx512_rows(cpu, weights, per_row, activations, out);
@@ -240,7 +248,13 @@ impl Block32 for Q4_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+    fn avx512_rows(
+        cpu: Avx512,
+        w: &[Self],
+        per_row: usize,
+        a: &PairedActivations,
+        out: &mut [f32],
+    ) {
         cpu.q4_0_rows(w, per_row, a, out);
     }
 }
@@ -270,7 +284,13 @@ impl Block32 for Q4_1 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+    fn avx512_rows(
+        cpu: Avx512,
+        w: &[Self],
+        per_row: usize,
+        a: &PairedActivations,
+        out: &mut [f32],
+    ) {
         cpu.q4_1_rows(w, per_row, a, out);
     }
 }
@@ -295,7 +315,13 @@ impl Block32 for Q5_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+    fn avx512_rows(
+        cpu: Avx512,
+        w: &[Self],
+        per_row: usize,
+        a: &PairedActivations,
+        out: &mut [f32],
+    ) {
         cpu.q5_0_rows(w, per_row, a, out);
     }
 }
@@ -323,7 +349,13 @@ impl Block32 for Q8_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8Activations], out: &mut [f32]) {
+    fn avx512_rows(
+        cpu: Avx512,
+        w: &[Self],
+        per_row: usize,
+        a: &PairedActivations,
+        out: &mut [f32],
+    ) {
         cpu.q8_0_rows(w, per_row, a, out);
     }
 }

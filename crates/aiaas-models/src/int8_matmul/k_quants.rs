@@ -55,6 +55,14 @@ impl ActivationBlock for Q8KActivations {
             sums,
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Form = Vec<Self>;
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_quantize(_: Avx512, x: &[f32], cols: usize) -> Vec<Self> {
+        super::quantize_tokens(x, cols)
+    }
 }
 
 /// What the K-quant formats share: an exact integer dot product with a super-block of
@@ -158,7 +166,13 @@ impl WeightBlock for Q4K {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8KActivations], out: &mut [f32]) {
+    fn avx512_rows(
+        cpu: Avx512,
+        w: &[Self],
+        per_row: usize,
+        a: &Vec<Q8KActivations>,
+        out: &mut [f32],
+    ) {
         cpu.q4k_rows(w, per_row, a, out);
     }
 
@@ -252,7 +266,13 @@ impl WeightBlock for Q6K {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(cpu: Avx512, w: &[Self], per_row: usize, a: &[Q8KActivations], out: &mut [f32]) {
+    fn avx512_rows(
+        cpu: Avx512,
+        w: &[Self],
+        per_row: usize,
+        a: &Vec<Q8KActivations>,
+        out: &mut [f32],
+    ) {
         cpu.q6k_rows(w, per_row, a, out);
     }
 

@@ -33,6 +33,37 @@ const ROWS_PER_TASK: usize = 16;
 pub trait ActivationBlock: Sized + Send + Sync {
     const SIZE: usize;
     fn quantize(values: &[f32]) -> Self;
+    /// A product's activations as the AVX-512 kernels read them: quantized once per product,
+    /// read once per weight row.
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Form: Send + Sync;
+    /// `x` (tokens of `cols` values) quantized as `quantize` does each block, in the form the
+    /// AVX-512 kernels read.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_quantize(cpu: avx512::Avx512, x: &[f32], cols: usize) -> Self::Avx512Form;
+}
+
+/// Tokens quantized at once by one task: enough to outweigh handing them to a thread.
+const TOKENS_PER_TASK: usize = 16;
+
+/// `x` (tokens of `cols` values) quantized block by block, tokens shared out among the threads.
+fn quantize_tokens<A: ActivationBlock>(x: &[f32], cols: usize) -> Vec<A> {
+    x.par_chunks(TOKENS_PER_TASK * cols)
+        .flat_map_iter(|x| {
+            // A plain loop: iterator adapters would be compiled apart from `vectorized`, with
+            // `quantize` inlined into them for the baseline CPU.
+            let mut blocks = Vec::with_capacity(x.len() / A::SIZE);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for block in x.chunks_exact(A::SIZE) {
+                        blocks.push(A::quantize(block));
+                    }
+                },
+            );
+            blocks
+        })
+        .collect()
 }
 
 /// A weight block format: how it is stored and how it meets an activation block.
@@ -53,7 +84,7 @@ pub trait WeightBlock: Sized + Send + Sync {
         cpu: avx512::Avx512,
         weights: &[Self],
         per_row: usize,
-        activations: &[Self::Activations],
+        activations: &<Self::Activations as ActivationBlock>::Avx512Form,
         out: &mut [f32],
     );
 }
@@ -138,44 +169,41 @@ impl<B: WeightBlock> Product for QuantizedMatrix<B> {
 
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), tokens * self.cols);
-        let size = B::Activations::SIZE;
-        let per_row = self.cols / size;
-        // A plain loop: iterator adapters would be compiled apart from `vectorized`, with
-        // `quantize` inlined into them for the baseline CPU.
-        let mut activations = Vec::with_capacity(x.len() / size);
-        vectorized(
-            #[inline(always)]
-            || {
-                for block in x.chunks_exact(size) {
-                    activations.push(B::Activations::quantize(block));
-                }
-            },
-        );
+        let per_row = self.cols / B::Activations::SIZE;
         // Computed output row by output row (each weight row read once for all tokens), then
         // turned to token-major order.
         let mut by_row = vec![0f32; self.rows * tokens];
+        let tasks = by_row.par_chunks_mut(ROWS_PER_TASK * tokens).enumerate();
+        let weights_of = |task: usize, out: &[f32]| {
+            let rows = out.len() / tokens;
+            &self.blocks[task * ROWS_PER_TASK * per_row..][..rows * per_row]
+        };
         #[cfg(target_arch = "x86_64")]
-        let avx512 = avx512::Avx512::detect();
-        by_row
-            .par_chunks_mut(ROWS_PER_TASK * tokens)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let rows = out.len() / tokens;
-                let weights = &self.blocks[task * ROWS_PER_TASK * per_row..][..rows * per_row];
-                #[cfg(target_arch = "x86_64")]
-                if let Some(cpu) = avx512 {
-                    return B::avx512_rows(cpu, weights, per_row, &activations, out);
-                }
-                vectorized(
-                    #[inline(always)]
-                    || portable_rows(weights, per_row, &activations, out),
-                )
+        if let Some(cpu) = avx512::Avx512::detect() {
+            let activations = B::Activations::avx512_quantize(cpu, x, self.cols);
+            tasks.for_each(|(task, out)| {
+                B::avx512_rows(cpu, weights_of(task, out), per_row, &activations, out)
             });
-        if tokens == 1 {
-            return by_row;
+            return token_major(by_row, self.rows, tokens);
         }
-        transpose(&by_row, self.rows, tokens)
+        let activations = quantize_tokens::<B::Activations>(x, self.cols);
+        tasks.for_each(|(task, out)| {
+            let weights = weights_of(task, out);
+            vectorized(
+                #[inline(always)]
+                || portable_rows(weights, per_row, &activations, out),
+            )
+        });
+        token_major(by_row, self.rows, tokens)
     }
+}
+
+/// Values computed output row by output row turned to token-major order.
+fn token_major(by_row: Vec<f32>, rows: usize, tokens: usize) -> Vec<f32> {
+    if tokens == 1 {
+        return by_row;
+    }
+    transpose(&by_row, rows, tokens)
 }
 
 /// `rows` × `columns` values, row after row, turned column after column: each task takes a
@@ -264,19 +292,29 @@ mod tests {
         check::<Q6K>(GgmlDType::Q6K);
     }
 
-    /// The AVX-512 kernel against the portable one, to the bit: rows whose block count leaves
-    /// an odd tail after whole chunks, several tokens.
+    /// The AVX-512 kernel and quantizer against the portable ones, to the bit: rows whose block
+    /// count leaves an odd tail after whole chunks, several tokens, one of zeros and one of
+    /// values halfway between integers once scaled.
     #[cfg(target_arch = "x86_64")]
     fn simd_matches_portable<B: WeightBlock>(dtype: GgmlDType, cols: usize) {
         let Some(cpu) = avx512::Avx512::detect() else {
             println!("SKIPPED: this CPU has no AVX-512 VNNI, so its kernel cannot be compared");
             return;
         };
-        let (rows, tokens) = (5, 3);
+        // 31 tokens: a tile of each size (16, 8, 4, 2, 1).
+        let (rows, tokens) = (5, 31);
         let (m, _) = quantized::<B>(dtype, rows, cols);
-        let x: Vec<f32> = (0..tokens * cols)
+        let mut x: Vec<f32> = (0..tokens * cols)
             .map(|i| ((i * 104_729) % 255) as f32 / 127.0 - 1.0)
             .collect();
+        x[..cols].fill(0.0);
+        for (i, x) in x[cols..2 * cols].iter_mut().enumerate() {
+            *x = if i % 32 == 0 {
+                127.0
+            } else {
+                (i % 32) as f32 - 16.5
+            };
+        }
         let activations: Vec<B::Activations> = x
             .chunks_exact(B::Activations::SIZE)
             .map(B::Activations::quantize)
@@ -285,6 +323,7 @@ mod tests {
         let mut portable = vec![0f32; rows * tokens];
         portable_rows(&m.blocks, per_row, &activations, &mut portable);
         let mut simd = vec![0f32; rows * tokens];
+        let activations = B::Activations::avx512_quantize(cpu, &x, cols);
         B::avx512_rows(cpu, &m.blocks, per_row, &activations, &mut simd);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&simd), bits(&portable), "{dtype:?}");
