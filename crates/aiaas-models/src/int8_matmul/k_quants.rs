@@ -7,16 +7,18 @@ use half::f16;
 use crate::fast_math;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx512::Avx512;
+use super::avx512::{Avx512, SuperBlockActivations};
 use super::{ActivationBlock, WeightBlock};
 
-const SUPER: usize = 256;
+pub(super) const SUPER: usize = 256;
+/// Values whose sum each activation block keeps.
+pub(super) const RUN: usize = 16;
 
 /// 256 activations quantized to 8 bits (ggml's Q8_K), with the sums of each run of 16.
 pub struct Q8KActivations {
-    scale: f32,
+    pub(super) scale: f32,
     pub(super) values: [i8; SUPER],
-    sums: [i16; SUPER / 16],
+    pub(super) sums: [i16; SUPER / RUN],
 }
 
 impl ActivationBlock for Q8KActivations {
@@ -34,7 +36,7 @@ impl ActivationBlock for Q8KActivations {
             }
         }
         let mut values = [0i8; SUPER];
-        let mut sums = [0i16; SUPER / 16];
+        let mut sums = [0i16; SUPER / RUN];
         if amax == 0.0 {
             return Self {
                 scale: 0.0,
@@ -57,11 +59,11 @@ impl ActivationBlock for Q8KActivations {
     }
 
     #[cfg(target_arch = "x86_64")]
-    type Avx512Form = Vec<Self>;
+    type Avx512Form = SuperBlockActivations;
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_quantize(_: Avx512, x: &[f32], cols: usize) -> Vec<Self> {
-        super::quantize_tokens(x, cols)
+    fn avx512_quantize(_: Avx512, x: &[f32], cols: usize) -> SuperBlockActivations {
+        SuperBlockActivations::quantize(x, cols)
     }
 }
 
@@ -90,10 +92,10 @@ fn half(bytes: &[u8]) -> f32 {
 /// Q4_K: eight sub-blocks of 32, value `scale · sᵢ · q - min · mᵢ` with q in 0..16 and 6-bit
 /// sub-block scales sᵢ and minimums mᵢ.
 pub struct Q4K {
-    scale: f32,
-    min: f32,
+    pub(super) scale: f32,
+    pub(super) min: f32,
     pub(super) sub_scales: [u8; 8],
-    sub_mins: [u8; 8],
+    pub(super) sub_mins: [u8; 8],
     /// Byte j of run r (32 bytes): value 64r + j in the low nibble, 64r + 32 + j in the high.
     pub(super) nibbles: [u8; SUPER / 2],
 }
@@ -170,7 +172,7 @@ impl WeightBlock for Q4K {
         cpu: Avx512,
         w: &[Self],
         per_row: usize,
-        a: &Vec<Q8KActivations>,
+        a: &SuperBlockActivations,
         out: &mut [f32],
     ) {
         cpu.q4k_rows(w, per_row, a, out);
@@ -194,7 +196,7 @@ impl WeightBlock for Q4K {
 /// Q6_K: sixteen sub-blocks of 16, value `scale · sᵢ · (q - 32)` with q in 0..64 (four bits
 /// in `low`, two in `high`) and signed 8-bit sub-block scales sᵢ.
 pub struct Q6K {
-    scale: f32,
+    pub(super) scale: f32,
     pub(super) low: [u8; SUPER / 2],
     pub(super) high: [u8; SUPER / 4],
     pub(super) sub_scales: [i8; SUPER / 16],
@@ -270,7 +272,7 @@ impl WeightBlock for Q6K {
         cpu: Avx512,
         w: &[Self],
         per_row: usize,
-        a: &Vec<Q8KActivations>,
+        a: &SuperBlockActivations,
         out: &mut [f32],
     ) {
         cpu.q6k_rows(w, per_row, a, out);

@@ -27,8 +27,11 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::blocks::{Block32, BLOCK, LANES, Q4_0, Q4_1, Q5_0, Q8_0};
-use super::k_quants::{Q8KActivations, SuperBlock, Q4K, Q6K};
-use super::TOKENS_PER_TASK;
+use super::k_quants::{Q4K, Q6K};
+pub use k_quants::SuperBlockActivations;
+use k_quants::{q4k, q6k};
+
+mod k_quants;
 
 /// Proof that this CPU has AVX-512 F, BW and VNNI.
 #[derive(Clone, Copy)]
@@ -69,18 +72,18 @@ entry_points! {
     q4_1_rows: q4_1(Q4_1, PairedActivations);
     q5_0_rows: q5_0(Q5_0, PairedActivations);
     q8_0_rows: q8_0(Q8_0, PairedActivations);
-    q4k_rows: q4k(Q4K, [Q8KActivations]);
-    q6k_rows: q6k(Q6K, [Q8KActivations]);
+    q4k_rows: q4k(Q4K, SuperBlockActivations);
+    q6k_rows: q6k(Q6K, SuperBlockActivations);
 }
 
 /// A product's activations for the kernels of 32-weight blocks: each token's blocks in pairs
-/// (the last one alone if odd), laid out so that the token loop reads whole registers.
+/// (the last one alone if odd), pair after pair and token after token, so that a tile of
+/// tokens reads one run of whole registers for each pair.
 pub struct PairedActivations {
     tokens: usize,
-    /// Token after token, pair after pair.
     pairs: Vec<PairActivations>,
-    /// Pair after pair, token after token: the two blocks' scaled sums, so that the minimums'
-    /// lanes of 8 tokens (lanes 0 and 8 of each token's sum in `dot_row`) fill one register.
+    /// The two blocks' scaled sums, in the same order: the minimums' lanes of 8 tokens (lanes
+    /// 0 and 8 of each token's sum in `dot_row`) fill one register.
     scaled_sums: Vec<[f32; 2]>,
 }
 
@@ -94,9 +97,12 @@ struct PairActivations {
     scales: __m512,
 }
 
+/// Pairs of blocks one task quantizes: enough to outweigh handing them to a thread.
+const PAIRS_PER_TASK: usize = 256;
+
 impl PairedActivations {
     /// `x` (tokens of `cols` values) quantized as `Q8Activations::quantize` does each block,
-    /// tokens shared out among the threads.
+    /// shared out among the threads.
     pub fn quantize(cpu: Avx512, x: &[f32], cols: usize) -> Self {
         let tokens = x.len() / cols;
         let per_token = (cols / BLOCK).div_ceil(2);
@@ -105,25 +111,20 @@ impl PairedActivations {
             scales: bytemuck::Zeroable::zeroed(),
         };
         let mut pairs = vec![empty; tokens * per_token];
-        let mut token_sums = vec![[0f32; 2]; tokens * per_token];
+        let mut scaled_sums = vec![[0f32; 2]; tokens * per_token];
+        let task = PAIRS_PER_TASK.div_ceil(tokens.max(1)) * tokens;
         pairs
-            .par_chunks_mut(TOKENS_PER_TASK * per_token)
-            .zip(token_sums.par_chunks_mut(TOKENS_PER_TASK * per_token))
-            .zip(x.par_chunks(TOKENS_PER_TASK * cols))
-            .for_each(|((pairs, sums), x)| {
-                let tokens = pairs
-                    .chunks_exact_mut(per_token)
-                    .zip(sums.chunks_exact_mut(per_token));
-                for ((pairs, sums), x) in tokens.zip(x.chunks_exact(cols)) {
-                    cpu.quantize_token(x, pairs, sums);
+            .par_chunks_mut(task.max(1))
+            .zip(scaled_sums.par_chunks_mut(task.max(1)))
+            .enumerate()
+            .for_each(|(n, (pairs, sums))| {
+                for (i, (pair, sum)) in pairs.iter_mut().zip(sums).enumerate() {
+                    let (p, t) = ((n * task + i) / tokens, (n * task + i) % tokens);
+                    let token = &x[t * cols..][..cols];
+                    let values = &token[2 * BLOCK * p..token.len().min(2 * BLOCK * (p + 1))];
+                    (*pair, *sum) = cpu.quantize_pair(values);
                 }
             });
-        let mut scaled_sums = vec![[0f32; 2]; tokens * per_token];
-        for (t, sums) in token_sums.chunks_exact(per_token).enumerate() {
-            for (p, sums) in sums.iter().enumerate() {
-                scaled_sums[p * tokens + t] = *sums;
-            }
-        }
         Self {
             tokens,
             pairs,
@@ -133,46 +134,41 @@ impl PairedActivations {
 }
 
 impl Avx512 {
-    fn quantize_token(self, x: &[f32], pairs: &mut [PairActivations], sums: &mut [[f32; 2]]) {
+    fn quantize_pair(self, x: &[f32]) -> (PairActivations, [f32; 2]) {
         // SAFETY: `self` exists only where `detect` found the features.
-        unsafe { quantize_token(x, pairs, sums) }
+        unsafe { quantize_pair(x) }
     }
 }
 
-/// One token's values (`x`) into its pairs of blocks and their scaled sums, as
+/// One or two blocks of a token's values (`x`) as a pair and their scaled sums, as
 /// `Q8Activations::quantize` computes each block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn quantize_token(x: &[f32], pairs: &mut [PairActivations], sums: &mut [[f32; 2]]) {
-    let blocks = x.chunks_exact(BLOCK);
-    let mut blocks = blocks.zip(sums.as_flattened_mut());
-    for pair in pairs {
-        // Missing values are zeros: 128 once lifted.
-        let mut lifted = [_mm_set1_epi8(-128); 4];
-        let mut scales = [0f32; 2];
-        for (half, scale) in scales.iter_mut().enumerate() {
-            let Some((x, scaled_sum)) = blocks.next() else {
-                break;
-            };
-            let low: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[..16]));
-            let high: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[16..]));
-            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
-            let step = max / 127.0;
-            let inverse = _mm512_set1_ps(if step != 0.0 { 1.0 / step } else { 0.0 });
-            let low = round_halves_away(_mm512_mul_ps(low, inverse));
-            let high = round_halves_away(_mm512_mul_ps(high, inverse));
-            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
-            let flip = _mm_set1_epi8(-128);
-            lifted[2 * half] = _mm_xor_si128(_mm512_cvtepi32_epi8(low), flip);
-            lifted[2 * half + 1] = _mm_xor_si128(_mm512_cvtepi32_epi8(high), flip);
-            let step = f16::from_f32(step);
-            *scale = step.to_f32();
-            *scaled_sum = (f16::from_f32(sum as f32) * step).to_f32();
-        }
-        *pair = PairActivations {
-            lifted: bytemuck::cast(lifted),
-            scales: pair_of(scales[0], scales[1]),
-        };
+fn quantize_pair(x: &[f32]) -> (PairActivations, [f32; 2]) {
+    // Missing values are zeros: 128 once lifted.
+    let mut lifted = [_mm_set1_epi8(-128); 4];
+    let mut scales = [0f32; 2];
+    let mut scaled_sums = [0f32; 2];
+    for (half, x) in x.chunks_exact(BLOCK).enumerate() {
+        let low: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[..16]));
+        let high: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[16..]));
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+        let step = max / 127.0;
+        let inverse = _mm512_set1_ps(if step != 0.0 { 1.0 / step } else { 0.0 });
+        let low = round_halves_away(_mm512_mul_ps(low, inverse));
+        let high = round_halves_away(_mm512_mul_ps(high, inverse));
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
+        let flip = _mm_set1_epi8(-128);
+        lifted[2 * half] = _mm_xor_si128(_mm512_cvtepi32_epi8(low), flip);
+        lifted[2 * half + 1] = _mm_xor_si128(_mm512_cvtepi32_epi8(high), flip);
+        let step = f16::from_f32(step);
+        scales[half] = step.to_f32();
+        scaled_sums[half] = (f16::from_f32(sum as f32) * step).to_f32();
     }
+    let pair = PairActivations {
+        lifted: bytemuck::cast(lifted),
+        scales: pair_of(scales[0], scales[1]),
+    };
+    (pair, scaled_sums)
 }
 
 /// `fast_math::round` of each lane (halves away from zero), as integers.
@@ -230,64 +226,6 @@ fn q8_0(weights: &[Q8_0], per_row: usize, activations: &PairedActivations, out: 
         halves(bytes_of(&a.values), b)
     };
     rows_of_pairs(weights, per_row, activations, out, unpack);
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q4k(weights: &[Q4K], per_row: usize, activations: &[Q8KActivations], out: &mut [f32]) {
-    // Run r: 32 bytes, value 64r + j in the low nibble of byte j and 64r + 32 + j in its high
-    // one; sub-block 2r in lanes 0-7, 2r + 1 in lanes 8-15.
-    let unpack = |block: &Q4K| {
-        let mut values = [_mm512_setzero_si512(); 4];
-        let mut scales = [_mm512_setzero_si512(); 4];
-        for run in 0..4 {
-            let bytes: __m256i = pod_read_unaligned(&block.nibbles[32 * run..][..32]);
-            let high = _mm256_srli_epi16::<4>(bytes);
-            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bytes), high);
-            values[run] = _mm512_and_si512(both, _mm512_set1_epi8(0x0F));
-            let (low, high) = (block.sub_scales[2 * run], block.sub_scales[2 * run + 1]);
-            scales[run] = _mm512_inserti64x4::<1>(
-                _mm512_set1_epi32(i32::from(low)),
-                _mm256_set1_epi32(i32::from(high)),
-            );
-        }
-        (values, scales)
-    };
-    rows_of_super_blocks(weights, per_row, activations, out, unpack, 0);
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q6k(weights: &[Q6K], per_row: usize, activations: &[Q8KActivations], out: &mut [f32]) {
-    // Vector v holds values 64v..64v + 64, sub-blocks 4v..4v + 4 (four lanes each). In half h,
-    // low nibbles of `low` give values 128h + 0..64, high nibbles 128h + 64..128; the two top
-    // bits come from `high` (32 bytes) at shifts 0, 2, 4, 6 for each quarter.
-    let unpack = |block: &Q6K| {
-        let scale_bytes: __m128i = pod_read_unaligned(bytes_of(&block.sub_scales));
-        let lane_sub_block = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let mut values = [_mm512_setzero_si512(); 4];
-        let mut scales = [_mm512_setzero_si512(); 4];
-        for half in 0..2 {
-            let low: __m512i = pod_read_unaligned(&block.low[64 * half..][..64]);
-            let high: __m256i = pod_read_unaligned(&block.high[32 * half..][..32]);
-            let high = _mm512_broadcast_i64x4(high);
-            for (k, (nibbles, shifts)) in [(low, (0, 2)), (_mm512_srli_epi16::<4>(low), (4, 6))]
-                .into_iter()
-                .enumerate()
-            {
-                let v = 2 * half + k;
-                let counts = _mm512_inserti64x4::<1>(
-                    _mm512_set1_epi16(shifts.0),
-                    _mm256_set1_epi16(shifts.1),
-                );
-                let top = _mm512_and_si512(_mm512_srlv_epi16(high, counts), _mm512_set1_epi8(3));
-                let nibbles = _mm512_and_si512(nibbles, _mm512_set1_epi8(0x0F));
-                values[v] = _mm512_or_si512(nibbles, _mm512_slli_epi16::<4>(top));
-                let index = _mm_add_epi8(lane_sub_block, _mm_set1_epi8(4 * v as i8));
-                scales[v] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(scale_bytes, index));
-            }
-        }
-        (values, scales)
-    };
-    rows_of_super_blocks(weights, per_row, activations, out, unpack, 32);
 }
 
 /// Rows of 32-weight blocks times every token, as `blocks::dot_row` computes each: `unpack`
@@ -350,9 +288,7 @@ impl<B: Block32> Tile<'_, B> {
             out,
             first,
         } = self;
-        let (tokens, pairs) = (activations.tokens, per_row.div_ceil(2));
-        let acts: [&[PairActivations]; T] =
-            std::array::from_fn(|t| &activations.pairs[(first + t) * pairs..][..pairs]);
+        let tokens = activations.tokens;
         // Registers of minimums' lanes: 8 tokens a register.
         let min_registers = T.div_ceil(LANES / 2);
         let last_lanes: u16 = u16::MAX >> (LANES - 2 * (T - LANES / 2 * (min_registers - 1)));
@@ -372,8 +308,8 @@ impl<B: Block32> Tile<'_, B> {
                     None => (0.0, 0.0),
                 };
                 let scales = pair_of(w.scale(), v_scale);
-                for t in 0..T {
-                    let a = &acts[t][p];
+                let tile = &activations.pairs[p * tokens + first..][..T];
+                for (t, a) in tile.iter().enumerate() {
                     let sums = _mm512_dpbusd_epi32(start, a.lifted, values);
                     let scale = _mm512_mul_ps(scales, a.scales);
                     lanes[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, lanes[t]);
@@ -451,53 +387,6 @@ fn sum_lanes(lanes: __m512) -> f32 {
     );
     let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
     _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
-}
-
-/// Rows of 256-weight super-blocks times every token: `unpack` gives a block's weights as four
-/// vectors of 64 unsigned bytes in activation order, and for each vector its lanes' sub-block
-/// scales; `offset` is subtracted from every weight.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-fn rows_of_super_blocks<B: SuperBlock>(
-    weights: &[B],
-    per_row: usize,
-    activations: &[Q8KActivations],
-    out: &mut [f32],
-    unpack: impl Fn(&B) -> ([__m512i; 4], [__m512i; 4]),
-    offset: i8,
-) {
-    let tokens = activations.len() / per_row;
-    let rows = weights.chunks_exact(per_row);
-    for (r, (row, totals)) in rows.zip(out.chunks_exact_mut(tokens)).enumerate() {
-        prefetch_row(weights, per_row, r + PREFETCH_ROWS_AHEAD);
-        totals.fill(0.0);
-        for (i, block) in row.iter().enumerate() {
-            let (values, scales) = unpack(block);
-            for (total, token) in totals.iter_mut().zip(activations.chunks_exact(per_row)) {
-                let a = &token[i];
-                let bytes = bytes_of(&a.values);
-                let mut sum = _mm512_setzero_si512();
-                for (k, (w, scale)) in values.iter().zip(&scales).enumerate() {
-                    let x: __m512i = pod_read_unaligned(&bytes[64 * k..][..64]);
-                    let part = _mm512_mullo_epi32(offset_dot(*w, x, offset), *scale);
-                    sum = _mm512_add_epi32(sum, part);
-                }
-                *total += block.apply_scales(_mm512_reduce_add_epi32(sum), a);
-            }
-        }
-    }
-}
-
-/// Lane sums of `(w - offset) · x` for unsigned `w`: the offset's share is taken off exactly.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-fn offset_dot(w: __m512i, x: __m512i, offset: i8) -> __m512i {
-    let zero = _mm512_setzero_si512();
-    let sum = _mm512_dpbusd_epi32(zero, w, x);
-    if offset == 0 {
-        return sum;
-    }
-    _mm512_sub_epi32(sum, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(offset), x))
 }
 
 /// Formats whose low four bits a value sit in 16 bytes of nibbles: value j low in byte j, value
