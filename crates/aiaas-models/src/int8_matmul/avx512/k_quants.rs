@@ -15,7 +15,7 @@ use bytemuck::{bytes_of, pod_read_unaligned};
 
 use super::super::k_quants::{Q8KActivations, Q4K, Q6K, RUN, SUPER};
 use super::super::quantize_tokens;
-use super::{prefetch_row, PREFETCH_ROWS_AHEAD};
+use super::{prefetch_row, Tile, PREFETCH_ROWS_AHEAD};
 
 /// Runs of 16 activations whose sums are read as one pair.
 const RUN_PAIRS: usize = SUPER / RUN / 2;
@@ -193,9 +193,7 @@ fn rows_of_super_blocks<B>(
     unpack: impl Fn(&B) -> Unpacked,
     apply: impl Fn(&B, __m512i, __m512i, __m512) -> __m512,
 ) {
-    let tokens = activations.tokens;
-    let mut first = 0;
-    while first < tokens {
+    in_tiles!(activations.tokens, |first, T| {
         let tile = Tile {
             weights,
             per_row,
@@ -203,35 +201,20 @@ fn rows_of_super_blocks<B>(
             out: &mut *out,
             first,
         };
-        first += match tokens - first {
-            16.. => tile.run::<16>(&unpack, &apply),
-            8.. => tile.run::<8>(&unpack, &apply),
-            4.. => tile.run::<4>(&unpack, &apply),
-            2.. => tile.run::<2>(&unpack, &apply),
-            _ => tile.run::<1>(&unpack, &apply),
-        };
-    }
+        tile.run::<T>(&unpack, &apply)
+    });
 }
 
-/// Tokens `first..` of a product of rows of super-blocks.
-struct Tile<'a, B> {
-    weights: &'a [B],
-    per_row: usize,
-    activations: &'a SuperBlockActivations,
-    out: &'a mut [f32],
-    first: usize,
-}
-
-impl<B> Tile<'_, B> {
+impl<B> Tile<'_, B, SuperBlockActivations> {
     /// Computes `T` tokens (at most 16) from `first` on (the caller makes sure there are as
-    /// many), and says how many.
+    /// many).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
     fn run<const T: usize>(
         self,
         unpack: &impl Fn(&B) -> Unpacked,
         apply: &impl Fn(&B, __m512i, __m512i, __m512) -> __m512,
-    ) -> usize {
+    ) {
         let Self {
             weights,
             per_row,
@@ -278,7 +261,6 @@ impl<B> Tile<'_, B> {
             let row_totals: [f32; 16] = bytemuck::cast(row_totals);
             totals[first..][..T].copy_from_slice(&row_totals[..T]);
         }
-        T
     }
 }
 

@@ -31,6 +31,44 @@ use super::k_quants::{Q4K, Q6K};
 pub use k_quants::SuperBlockActivations;
 use k_quants::{q4k, q6k};
 
+/// Runs `$run` over `$tokens` tokens in tiles of 16 (then 8, 4, 2, 1): `$run` sees the tile's
+/// first token as `$first` and its size as the constant `$size` (registers are sized by it).
+macro_rules! in_tiles {
+    ($tokens:expr, |$first:ident, $size:ident| $run:expr) => {{
+        let tokens = $tokens;
+        let mut $first = 0;
+        while $first < tokens {
+            $first += match tokens - $first {
+                16.. => {
+                    const $size: usize = 16;
+                    $run;
+                    $size
+                }
+                8.. => {
+                    const $size: usize = 8;
+                    $run;
+                    $size
+                }
+                4.. => {
+                    const $size: usize = 4;
+                    $run;
+                    $size
+                }
+                2.. => {
+                    const $size: usize = 2;
+                    $run;
+                    $size
+                }
+                _ => {
+                    const $size: usize = 1;
+                    $run;
+                    $size
+                }
+            };
+        }
+    }};
+}
+
 mod k_quants;
 
 /// Proof that this CPU has AVX-512 F, BW and VNNI.
@@ -241,9 +279,7 @@ fn rows_of_pairs<B: Block32>(
     out: &mut [f32],
     unpack: impl Fn(&B, Option<&B>) -> __m512i,
 ) {
-    let tokens = activations.tokens;
-    let mut first = 0;
-    while first < tokens {
+    in_tiles!(activations.tokens, |first, T| {
         let tile = Tile {
             weights,
             per_row,
@@ -251,28 +287,22 @@ fn rows_of_pairs<B: Block32>(
             out: &mut *out,
             first,
         };
-        first += match tokens - first {
-            16.. => tile.run::<16>(&unpack),
-            8.. => tile.run::<8>(&unpack),
-            4.. => tile.run::<4>(&unpack),
-            2.. => tile.run::<2>(&unpack),
-            _ => tile.run::<1>(&unpack),
-        };
-    }
+        tile.run::<T>(&unpack)
+    });
 }
 
-/// Tokens `first..` of a product of rows of 32-weight blocks.
-struct Tile<'a, B> {
+/// Tokens `first..` of a product of rows of weight blocks `B` with activations `A`.
+struct Tile<'a, B, A> {
     weights: &'a [B],
     per_row: usize,
-    activations: &'a PairedActivations,
+    activations: &'a A,
     out: &'a mut [f32],
     first: usize,
 }
 
-impl<B: Block32> Tile<'_, B> {
+impl<B: Block32> Tile<'_, B, PairedActivations> {
     /// Computes `T` tokens (at most 16) from `first` on (the caller makes sure there are as
-    /// many), and says how many.
+    /// many).
     ///
     /// The activations come lifted by 128 (`PairActivations`), so one `vpdpbusd` started from
     /// minus 128 times the weights' lane sums gives each lane's exact integer sum; the scale
@@ -280,7 +310,7 @@ impl<B: Block32> Tile<'_, B> {
     /// minimums' lanes 0 and 8 of 8 tokens share one register (lanes 2t and 2t + 1).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    fn run<const T: usize>(self, unpack: &impl Fn(&B, Option<&B>) -> __m512i) -> usize {
+    fn run<const T: usize>(self, unpack: &impl Fn(&B, Option<&B>) -> __m512i) {
         let Self {
             weights,
             per_row,
@@ -343,7 +373,6 @@ impl<B: Block32> Tile<'_, B> {
                 }
             }
         }
-        T
     }
 }
 
