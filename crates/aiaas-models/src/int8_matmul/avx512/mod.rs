@@ -119,20 +119,16 @@ entry_points! {
 /// tokens reads one run of whole registers for each pair.
 pub struct PairedActivations {
     tokens: usize,
-    pairs: Vec<PairActivations>,
-    /// The two blocks' scaled sums, in the same order: the minimums' lanes of 8 tokens (lanes
-    /// 0 and 8 of each token's sum in `dot_row`) fill one register.
+    /// Both blocks' values plus 128 (a missing second block: zeros plus 128), as unsigned bytes
+    /// in the kernels' lane order (`interleave_blocks`): `vpdpbusd`'s unsigned operand, so that
+    /// the weights can be the signed one.
+    lifted: Vec<__m512i>,
+    /// The two blocks' scales (zero for a missing second block): 8 bytes that one broadcast
+    /// load spreads over the interleaved lanes.
+    scales: Vec<[f32; 2]>,
+    /// The two blocks' scaled sums: the minimums' lanes of 8 tokens (lanes 0 and 8 of each
+    /// token's sum in `dot_row`) fill one register.
     scaled_sums: Vec<[f32; 2]>,
-}
-
-/// A token's pair of activation blocks.
-#[derive(Clone, Copy)]
-struct PairActivations {
-    /// Both blocks' values plus 128 (a missing second block: zeros plus 128), as unsigned bytes:
-    /// `vpdpbusd`'s unsigned operand, so that the weights can be the signed one.
-    lifted: __m512i,
-    /// The first block's scale in lanes 0-7, the second's in lanes 8-15 (zero if missing).
-    scales: __m512,
 }
 
 /// Pairs of blocks one task quantizes: enough to outweigh handing them to a thread.
@@ -144,44 +140,44 @@ impl PairedActivations {
     pub fn quantize(cpu: Avx512, x: &[f32], cols: usize) -> Self {
         let tokens = x.len() / cols;
         let per_token = (cols / BLOCK).div_ceil(2);
-        let empty = PairActivations {
-            lifted: bytemuck::Zeroable::zeroed(),
-            scales: bytemuck::Zeroable::zeroed(),
-        };
-        let mut pairs = vec![empty; tokens * per_token];
+        let mut lifted = vec![bytemuck::Zeroable::zeroed(); tokens * per_token];
+        let mut scales = vec![[0f32; 2]; tokens * per_token];
         let mut scaled_sums = vec![[0f32; 2]; tokens * per_token];
-        let task = PAIRS_PER_TASK.div_ceil(tokens.max(1)) * tokens;
-        pairs
-            .par_chunks_mut(task.max(1))
-            .zip(scaled_sums.par_chunks_mut(task.max(1)))
+        let task = (PAIRS_PER_TASK.div_ceil(tokens.max(1)) * tokens).max(1);
+        lifted
+            .par_chunks_mut(task)
+            .zip(scales.par_chunks_mut(task))
+            .zip(scaled_sums.par_chunks_mut(task))
             .enumerate()
-            .for_each(|(n, (pairs, sums))| {
-                for (i, (pair, sum)) in pairs.iter_mut().zip(sums).enumerate() {
+            .for_each(|(n, ((lifted, scales), sums))| {
+                let pairs = lifted.iter_mut().zip(scales).zip(sums);
+                for (i, ((lifted, scales), sums)) in pairs.enumerate() {
                     let (p, t) = ((n * task + i) / tokens, (n * task + i) % tokens);
                     let token = &x[t * cols..][..cols];
                     let values = &token[2 * BLOCK * p..token.len().min(2 * BLOCK * (p + 1))];
-                    (*pair, *sum) = cpu.quantize_pair(values);
+                    (*lifted, *scales, *sums) = cpu.quantize_pair(values);
                 }
             });
         Self {
             tokens,
-            pairs,
+            lifted,
+            scales,
             scaled_sums,
         }
     }
 }
 
 impl Avx512 {
-    fn quantize_pair(self, x: &[f32]) -> (PairActivations, [f32; 2]) {
+    fn quantize_pair(self, x: &[f32]) -> (__m512i, [f32; 2], [f32; 2]) {
         // SAFETY: `self` exists only where `detect` found the features.
         unsafe { quantize_pair(x) }
     }
 }
 
-/// One or two blocks of a token's values (`x`) as a pair and their scaled sums, as
-/// `Q8Activations::quantize` computes each block.
+/// One or two blocks of a token's values (`x`) lifted by 128 in the kernels' lane order, with
+/// their scales and scaled sums, as `Q8Activations::quantize` computes each block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn quantize_pair(x: &[f32]) -> (PairActivations, [f32; 2]) {
+fn quantize_pair(x: &[f32]) -> (__m512i, [f32; 2], [f32; 2]) {
     // Missing values are zeros: 128 once lifted.
     let mut lifted = [_mm_set1_epi8(-128); 4];
     let mut scales = [0f32; 2];
@@ -202,11 +198,29 @@ fn quantize_pair(x: &[f32]) -> (PairActivations, [f32; 2]) {
         scales[half] = step.to_f32();
         scaled_sums[half] = (f16::from_f32(sum as f32) * step).to_f32();
     }
-    let pair = PairActivations {
-        lifted: bytemuck::cast(lifted),
-        scales: pair_of(scales[0], scales[1]),
-    };
-    (pair, scaled_sums)
+    (
+        interleave_blocks(bytemuck::cast(lifted)),
+        scales,
+        scaled_sums,
+    )
+}
+
+/// A pair of blocks (the first's 32 bytes, then the second's) in the kernels' lane order: each
+/// block's runs of four bytes alternating, so that `dot_row`'s lane l (block l / 8, run l mod 8)
+/// is lane 2(l mod 8) + l / 8 here. A pair's two scales then fill the lanes as one 8-byte
+/// broadcast, which a load does by itself.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn interleave_blocks(pair: __m512i) -> __m512i {
+    let order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    _mm512_permutexvar_epi32(order, pair)
+}
+
+/// `pair` repeated over the lanes: the first value in the even ones, the second in the odd.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn broadcast_pair(pair: [f32; 2]) -> __m512 {
+    _mm512_castpd_ps(_mm512_set1_pd(bytemuck::cast(pair)))
 }
 
 /// `fast_math::round` of each lane (halves away from zero), as integers.
@@ -329,7 +343,7 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
             let mut min_lanes = [_mm512_setzero_ps(); 2];
             for (p, blocks) in row.chunks(2).enumerate() {
                 let (w, v) = (&blocks[0], blocks.get(1));
-                let values = unpack(w, v);
+                let values = interleave_blocks(unpack(w, v));
                 let lift =
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), values);
                 let start = _mm512_sub_epi32(_mm512_setzero_si512(), lift);
@@ -337,17 +351,16 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
                     Some(v) => (v.scale(), v.min()),
                     None => (0.0, 0.0),
                 };
-                let scales = pair_of(w.scale(), v_scale);
-                let tile = &activations.pairs[p * tokens + first..][..T];
-                for (t, a) in tile.iter().enumerate() {
-                    let sums = _mm512_dpbusd_epi32(start, a.lifted, values);
-                    let scale = _mm512_mul_ps(scales, a.scales);
+                let scales = broadcast_pair([w.scale(), v_scale]);
+                let tile = p * tokens + first..p * tokens + first + T;
+                let pairs = activations.lifted[tile.clone()].iter();
+                for (t, (lifted, a_scales)) in pairs.zip(&activations.scales[tile]).enumerate() {
+                    let sums = _mm512_dpbusd_epi32(start, *lifted, values);
+                    let scale = _mm512_mul_ps(scales, broadcast_pair(*a_scales));
                     lanes[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, lanes[t]);
                 }
                 if B::HAS_MIN {
-                    let mins = _mm512_castpd_ps(_mm512_set1_pd(f64::from_bits(
-                        u64::from(w.min().to_bits()) | u64::from(v_min.to_bits()) << 32,
-                    )));
+                    let mins = broadcast_pair([w.min(), v_min]);
                     for (m, min_lanes) in min_lanes[..min_registers].iter_mut().enumerate() {
                         let first = first + LANES / 2 * m;
                         let sums = activations.scaled_sums[p * tokens + first..].as_ptr();
@@ -393,29 +406,20 @@ fn prefetch_row<B>(weights: &[B], per_row: usize, row: usize) {
     }
 }
 
-/// `a` in lanes 0-7, `b` in lanes 8-15.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-fn pair_of(a: f32, b: f32) -> __m512 {
-    let both = _mm512_castps128_ps512(_mm_unpacklo_ps(_mm_set_ss(a), _mm_set_ss(b)));
-    _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-        both,
-    )
-}
-
-/// `blocks::sum_lanes`: lanes i and i + 8 added, then i and i + 4, i and i + 2, the last two.
+/// `blocks::sum_lanes` of `dot_row`'s lanes, here interleaved (`interleave_blocks`): lanes i and
+/// i + 8 added (here 2i and 2i + 1), then i and i + 4, i and i + 2, the last two.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 fn sum_lanes(lanes: __m512) -> f32 {
-    let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(lanes)));
-    let eight = _mm256_add_ps(_mm512_castps512_ps256(lanes), high);
+    // Sum i at 2i.
+    let sixteen = _mm512_add_ps(lanes, _mm512_permute_ps::<0b10_11_00_01>(lanes));
+    let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sixteen)));
+    let eight = _mm256_add_ps(_mm512_castps512_ps256(sixteen), high);
     let four = _mm_add_ps(
         _mm256_castps256_ps128(eight),
         _mm256_extractf128_ps::<1>(eight),
     );
-    let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
-    _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
+    _mm_cvtss_f32(_mm_add_ss(four, _mm_movehl_ps(four, four)))
 }
 
 /// Formats whose low four bits a value sit in 16 bytes of nibbles: value j low in byte j, value
