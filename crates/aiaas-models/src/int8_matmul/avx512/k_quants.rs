@@ -244,15 +244,26 @@ impl<B> Tile<'_, B, SuperBlockActivations> {
                 } else {
                     sum_each(lanes)
                 };
-                let mut runs = _mm512_setzero_si512();
-                for (k, coefficients) in w.run_coefficients.iter().enumerate() {
-                    let run_sums = &activations.run_sums[(i * RUN_PAIRS + k) * tokens + first..];
-                    // SAFETY: `T` tokens from `first` on exist.
-                    let run_sums =
-                        unsafe { _mm512_maskz_loadu_epi32(tile, run_sums.as_ptr().cast()) };
-                    let part = _mm512_madd_epi16(run_sums, _mm512_set1_epi32(*coefficients));
-                    runs = _mm512_add_epi32(runs, part);
-                }
+                let runs = if T == 1 {
+                    // One token: its 16 run sums times the 16 coefficients, in one register.
+                    let a = &activations.blocks[first * per_row + i];
+                    let sums: __m256i = pod_read_unaligned(bytes_of(&a.sums));
+                    let products = _mm256_madd_epi16(sums, bytemuck::cast(w.run_coefficients));
+                    let total = _mm512_reduce_add_epi32(_mm512_zextsi256_si512(products));
+                    _mm512_zextsi128_si512(_mm_cvtsi32_si128(total))
+                } else {
+                    let mut runs = _mm512_setzero_si512();
+                    for (k, coefficients) in w.run_coefficients.iter().enumerate() {
+                        let run_sums =
+                            &activations.run_sums[(i * RUN_PAIRS + k) * tokens + first..];
+                        // SAFETY: `T` tokens from `first` on exist.
+                        let run_sums =
+                            unsafe { _mm512_maskz_loadu_epi32(tile, run_sums.as_ptr().cast()) };
+                        let part = _mm512_madd_epi16(run_sums, _mm512_set1_epi32(*coefficients));
+                        runs = _mm512_add_epi32(runs, part);
+                    }
+                    runs
+                };
                 let scales = &activations.scales[i * tokens + first..];
                 // SAFETY: as above.
                 let scales = unsafe { _mm512_maskz_loadu_ps(tile, scales.as_ptr()) };

@@ -13,7 +13,7 @@
 //!
 //! The kernels are `#[target_feature]` functions, undefined behaviour on a CPU without those
 //! instructions: `Avx512` is a token that only `detect` creates, after checking, and its methods
-//! are the kernels' only callers. Those calls and one masked load are the module's `unsafe`.
+//! are the kernels' only callers. Those calls and masked loads are the module's `unsafe`.
 //!
 //! No closure here goes to `Option::map` and its kin: closures carry the target features, and
 //! the std functions, compiled without them, cannot inline them (a call per block pair; measured
@@ -242,14 +242,15 @@ fn round_halves_away(x: __m512) -> __m512i {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn q4_0(weights: &[Q4_0], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
-    let unpack =
-        |a: &Q4_0, b: Option<&Q4_0>| _mm512_sub_epi8(nibble_pair(a, b), _mm512_set1_epi8(8));
+    let unpack = |a: &Q4_0, b: Option<&Q4_0>| {
+        nibbles_to_lanes(_mm512_sub_epi8(nibble_pair(a, b), _mm512_set1_epi8(8)))
+    };
     rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn q4_1(weights: &[Q4_1], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
-    let unpack = |a: &Q4_1, b: Option<&Q4_1>| nibble_pair(a, b);
+    let unpack = |a: &Q4_1, b: Option<&Q4_1>| nibbles_to_lanes(nibble_pair(a, b));
     rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
@@ -257,12 +258,13 @@ fn q4_1(weights: &[Q4_1], per_row: usize, activations: &PairedActivations, out: 
 fn q5_0(weights: &[Q5_0], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
     let unpack = |a: &Q5_0, b: Option<&Q5_0>| {
         let b_bits = if let Some(b) = b { b.high_bits } else { 0 };
-        let fifth_bits = u64::from(a.high_bits) | (u64::from(b_bits) << 32);
-        let fifth = _mm512_maskz_mov_epi8(fifth_bits, _mm512_set1_epi8(0x10));
-        _mm512_sub_epi8(
-            _mm512_or_si512(nibble_pair(a, b), fifth),
-            _mm512_set1_epi8(16),
-        )
+        // The fifth bits in `nibble_pair`'s order: a's low 16, b's low 16, a's high, b's high.
+        let low = (a.high_bits & 0xFFFF) | (b_bits << 16);
+        let high = (a.high_bits >> 16) | (b_bits & 0xFFFF_0000);
+        let fifth_bits = u64::from(low) | (u64::from(high) << 32);
+        let values = _mm512_sub_epi8(nibble_pair(a, b), _mm512_set1_epi8(16));
+        let sixteen = _mm512_set1_epi8(16);
+        nibbles_to_lanes(_mm512_mask_add_epi8(values, fifth_bits, values, sixteen))
     };
     rows_of_pairs(weights, per_row, activations, out, unpack);
 }
@@ -275,14 +277,14 @@ fn q8_0(weights: &[Q8_0], per_row: usize, activations: &PairedActivations, out: 
         } else {
             &[0; 32]
         };
-        halves(bytes_of(&a.values), b)
+        interleave_blocks(halves(bytes_of(&a.values), b))
     };
     rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 /// Rows of 32-weight blocks times every token, as `blocks::dot_row` computes each: `unpack`
-/// gives two blocks' weights (the second may be missing: any values) as 64 signed bytes in
-/// activation order. Tokens go in tiles of 16 (then 8, 4, 2, 1), whose running sums stay in
+/// gives two blocks' weights (the second may be missing: any values) as 64 signed bytes in the
+/// kernels' lane order (`interleave_blocks`). Tokens go in tiles of 16 (then 8, 4, 2, 1), whose running sums stay in
 /// registers while each pair of weight blocks, unpacked once, meets all of them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
@@ -343,7 +345,7 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
             let mut min_lanes = [_mm512_setzero_ps(); 2];
             for (p, blocks) in row.chunks(2).enumerate() {
                 let (w, v) = (&blocks[0], blocks.get(1));
-                let values = interleave_blocks(unpack(w, v));
+                let values = unpack(w, v);
                 let lift =
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), values);
                 let start = _mm512_sub_epi32(_mm512_setzero_si512(), lift);
@@ -446,7 +448,8 @@ impl Nibbles for Q5_0 {
     }
 }
 
-/// Two blocks' nibbles as 64 values: block `a`'s 32, then `b`'s (zeros if there is none).
+/// Two blocks' nibbles as 64 values, in 128-bit lanes: block `a`'s values 0-15, `b`'s 0-15,
+/// `a`'s 16-31, `b`'s 16-31 (`b`'s zeros if there is none).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 fn nibble_pair<B: Nibbles>(a: &B, b: Option<&B>) -> __m512i {
@@ -456,9 +459,15 @@ fn nibble_pair<B: Nibbles>(a: &B, b: Option<&B>) -> __m512i {
     };
     let both = _mm256_set_m128i(pod_read_unaligned(b), pod_read_unaligned(a.nibbles()));
     let all = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(both), _mm256_srli_epi16::<4>(both));
-    // [a, b, a >> 4, b >> 4] in 128-bit lanes, reordered to [a, a >> 4, b, b >> 4].
-    let ordered = _mm512_shuffle_i64x2::<0b11_01_10_00>(all, all);
-    _mm512_and_si512(ordered, _mm512_set1_epi8(0x0F))
+    _mm512_and_si512(all, _mm512_set1_epi8(0x0F))
+}
+
+/// `nibble_pair`'s order to the kernels' lane order (`interleave_blocks`), in one permutation.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn nibbles_to_lanes(values: __m512i) -> __m512i {
+    let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+    _mm512_permutexvar_epi32(order, values)
 }
 
 /// 32 bytes from each slice, `low` then `high`.
