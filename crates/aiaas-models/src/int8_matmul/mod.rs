@@ -26,8 +26,15 @@ pub use k_quants::{Q4K, Q6K};
 use crate::fast_math::vectorized;
 use crate::{ModelError, Result};
 
-/// Output rows one task computes: enough work to outweigh handing it to a thread.
+/// Output rows one task computes at least: enough work to outweigh handing it to a thread when
+/// many tokens share the rows.
 const ROWS_PER_TASK: usize = 16;
+/// Below this many tokens each row is quick work (a decode step of a few sequences), and a
+/// product is cut into `TASKS_FOR_FEW_TOKENS` tasks instead: enough for the threads to share
+/// evenly, few enough that handing them out costs little (measured on one token: SmolLM2's
+/// 1536×576 product 16.5 → 18.9 GMAC/s, Qwen2.5's 4864×896 20.3 → 22.8).
+const FEW_TOKENS: usize = 8;
+const TASKS_FOR_FEW_TOKENS: usize = 16;
 
 /// Activations quantized to 8 bits, one block of `SIZE` values.
 pub trait ActivationBlock: Sized + Send + Sync {
@@ -173,10 +180,16 @@ impl<B: WeightBlock> Product for QuantizedMatrix<B> {
         // Computed output row by output row (each weight row read once for all tokens), then
         // turned to token-major order.
         let mut by_row = vec![0f32; self.rows * tokens];
-        let tasks = by_row.par_chunks_mut(ROWS_PER_TASK * tokens).enumerate();
+        // With more tokens a task's rows stay in the cache while tiles of tokens pass over them.
+        let rows_per_task = if tokens >= FEW_TOKENS {
+            ROWS_PER_TASK
+        } else {
+            self.rows.div_ceil(TASKS_FOR_FEW_TOKENS).max(ROWS_PER_TASK)
+        };
+        let tasks = by_row.par_chunks_mut(rows_per_task * tokens).enumerate();
         let weights_of = |task: usize, out: &[f32]| {
             let rows = out.len() / tokens;
-            &self.blocks[task * ROWS_PER_TASK * per_row..][..rows * per_row]
+            &self.blocks[task * rows_per_task * per_row..][..rows * per_row]
         };
         #[cfg(target_arch = "x86_64")]
         if let Some(cpu) = avx512::Avx512::detect() {
