@@ -49,14 +49,6 @@ impl ActivationBlock for Q8Activations {
             values,
         }
     }
-
-    #[cfg(target_arch = "x86_64")]
-    type Avx512Form = PairedActivations;
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_quantize(cpu: Avx512, x: &[f32], cols: usize) -> PairedActivations {
-        PairedActivations::quantize(cpu, x, cols)
-    }
 }
 
 /// Q4_0: `scale · (q - 8)` with q in 0..16.
@@ -117,6 +109,8 @@ pub(super) trait Block32: Sized + Send + Sync {
     const BYTES: usize;
     /// Whether blocks add a minimum (`scale · q + min`).
     const HAS_MIN: bool = false;
+    /// What the AVX-512 kernels' unsigned form of the weights adds to the block's integers.
+    const UNSIGNED_OFFSET: u8;
     fn read(bytes: &[u8]) -> Self;
     /// The block's integers in activation order (the weights over the scale).
     fn values(&self) -> [i8; BLOCK];
@@ -155,6 +149,14 @@ impl<B: Block32> WeightBlock for B {
     #[inline(always)]
     fn dot_row(weights: &[Self], activations: &[Q8Activations]) -> f32 {
         dot_row(weights, activations)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Activations = PairedActivations;
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_activations(cpu: Avx512, x: &[f32], cols: usize) -> PairedActivations {
+        PairedActivations::quantize(cpu, x, cols, B::UNSIGNED_OFFSET)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -231,6 +233,7 @@ pub(super) fn sum_lanes(lanes: &[f32; LANES]) -> f32 {
 
 impl Block32 for Q4_0 {
     const BYTES: usize = 2 + BLOCK / 2;
+    const UNSIGNED_OFFSET: u8 = 8;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -262,6 +265,7 @@ impl Block32 for Q4_0 {
 impl Block32 for Q4_1 {
     const BYTES: usize = 4 + BLOCK / 2;
     const HAS_MIN: bool = true;
+    const UNSIGNED_OFFSET: u8 = 0;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -297,6 +301,7 @@ impl Block32 for Q4_1 {
 
 impl Block32 for Q5_0 {
     const BYTES: usize = 2 + 4 + BLOCK / 2;
+    const UNSIGNED_OFFSET: u8 = 16;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -328,6 +333,7 @@ impl Block32 for Q5_0 {
 
 impl Block32 for Q8_0 {
     const BYTES: usize = 2 + BLOCK;
+    const UNSIGNED_OFFSET: u8 = 128;
 
     fn read(bytes: &[u8]) -> Self {
         let mut values = [0i8; BLOCK];

@@ -57,14 +57,6 @@ impl ActivationBlock for Q8KActivations {
             sums,
         }
     }
-
-    #[cfg(target_arch = "x86_64")]
-    type Avx512Form = SuperBlockActivations;
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_quantize(_: Avx512, x: &[f32], cols: usize) -> SuperBlockActivations {
-        SuperBlockActivations::quantize(x, cols)
-    }
 }
 
 /// What the K-quant formats share: an exact integer dot product with a super-block of
@@ -149,6 +141,14 @@ impl SuperBlock for Q4K {
 impl WeightBlock for Q4K {
     const BYTES: usize = 2 + 2 + 12 + SUPER / 2;
     type Activations = Q8KActivations;
+
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Activations = SuperBlockActivations;
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_activations(_: Avx512, x: &[f32], cols: usize) -> SuperBlockActivations {
+        SuperBlockActivations::quantize(x, cols)
+    }
 
     fn read(bytes: &[u8]) -> Self {
         let (sub_scales, sub_mins) = Self::unpack_scales(&bytes[4..16]);
@@ -245,6 +245,14 @@ impl SuperBlock for Q6K {
 impl WeightBlock for Q6K {
     const BYTES: usize = SUPER / 2 + SUPER / 4 + SUPER / 16 + 2;
     type Activations = Q8KActivations;
+
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Activations = SuperBlockActivations;
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_activations(_: Avx512, x: &[f32], cols: usize) -> SuperBlockActivations {
+        SuperBlockActivations::quantize(x, cols)
+    }
 
     fn read(bytes: &[u8]) -> Self {
         let mut sub_scales = [0i8; SUPER / 16];

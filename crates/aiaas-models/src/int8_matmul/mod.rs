@@ -40,14 +40,6 @@ const TASKS_FOR_FEW_TOKENS: usize = 16;
 pub trait ActivationBlock: Sized + Send + Sync {
     const SIZE: usize;
     fn quantize(values: &[f32]) -> Self;
-    /// A product's activations as the AVX-512 kernels read them: quantized once per product,
-    /// read once per weight row.
-    #[cfg(target_arch = "x86_64")]
-    type Avx512Form: Send + Sync;
-    /// `x` (tokens of `cols` values) quantized as `quantize` does each block, in the form the
-    /// AVX-512 kernels read.
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_quantize(cpu: avx512::Avx512, x: &[f32], cols: usize) -> Self::Avx512Form;
 }
 
 /// Tokens quantized at once by one task: enough to outweigh handing them to a thread.
@@ -84,6 +76,13 @@ pub trait WeightBlock: Sized + Send + Sync {
     /// One row of blocks times one token's activations: the arithmetic that every kernel for
     /// the format computes, to the bit.
     fn dot_row(weights: &[Self], activations: &[Self::Activations]) -> f32;
+    /// A product's activations as the format's AVX-512 kernel reads them: quantized once per
+    /// product (as `ActivationBlock::quantize` does each block), read once per weight row.
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Activations: Send + Sync;
+    /// `x` (tokens of `cols` values) quantized for the AVX-512 kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_activations(cpu: avx512::Avx512, x: &[f32], cols: usize) -> Self::Avx512Activations;
     /// `weights` (rows of `per_row` blocks) times every token's activations into `out`
     /// (`tokens` values a row), as `dot_row` computes each, with AVX-512 VNNI instructions.
     #[cfg(target_arch = "x86_64")]
@@ -91,7 +90,7 @@ pub trait WeightBlock: Sized + Send + Sync {
         cpu: avx512::Avx512,
         weights: &[Self],
         per_row: usize,
-        activations: &<Self::Activations as ActivationBlock>::Avx512Form,
+        activations: &Self::Avx512Activations,
         out: &mut [f32],
     );
 }
@@ -193,7 +192,7 @@ impl<B: WeightBlock> Product for QuantizedMatrix<B> {
         };
         #[cfg(target_arch = "x86_64")]
         if let Some(cpu) = avx512::Avx512::detect() {
-            let activations = B::Activations::avx512_quantize(cpu, x, self.cols);
+            let activations = B::avx512_activations(cpu, x, self.cols);
             tasks.for_each(|(task, out)| {
                 B::avx512_rows(cpu, weights_of(task, out), per_row, &activations, out)
             });
@@ -336,10 +335,22 @@ mod tests {
         let mut portable = vec![0f32; rows * tokens];
         portable_rows(&m.blocks, per_row, &activations, &mut portable);
         let mut simd = vec![0f32; rows * tokens];
-        let activations = B::Activations::avx512_quantize(cpu, &x, cols);
+        let activations = B::avx512_activations(cpu, &x, cols);
         B::avx512_rows(cpu, &m.blocks, per_row, &activations, &mut simd);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&simd), bits(&portable), "{dtype:?}");
+        // A product of one token alone (the decode step's own path), token by token.
+        for (token, x) in x.chunks_exact(cols).enumerate() {
+            let activations = B::avx512_activations(cpu, x, cols);
+            let mut single = vec![0f32; rows];
+            B::avx512_rows(cpu, &m.blocks, per_row, &activations, &mut single);
+            let expected: Vec<f32> = portable.chunks_exact(tokens).map(|r| r[token]).collect();
+            assert_eq!(
+                bits(&single),
+                bits(&expected),
+                "{dtype:?}, token {token} alone"
+            );
+        }
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -129,6 +129,19 @@ pub struct PairedActivations {
     /// The two blocks' scaled sums: the minimums' lanes of 8 tokens (lanes 0 and 8 of each
     /// token's sum in `dot_row`) fill one register.
     scaled_sums: Vec<[f32; 2]>,
+    /// A product of one token only (a decode step, where each weight pair meets one token and
+    /// its unpacking is most of the work): the values themselves, and where each lane's sum
+    /// starts so that the weights' unsigned form (`Block32::UNSIGNED_OFFSET` added) can meet
+    /// them as they are, without a lift of their own.
+    single: Option<SingleToken>,
+}
+
+/// See `PairedActivations::single`.
+struct SingleToken {
+    /// The lifted values less 128, pair after pair.
+    values: Vec<__m512i>,
+    /// Minus the offset times each lane's four values.
+    starts: Vec<__m512i>,
 }
 
 /// Pairs of blocks one task quantizes: enough to outweigh handing them to a thread.
@@ -136,8 +149,8 @@ const PAIRS_PER_TASK: usize = 256;
 
 impl PairedActivations {
     /// `x` (tokens of `cols` values) quantized as `Q8Activations::quantize` does each block,
-    /// shared out among the threads.
-    pub fn quantize(cpu: Avx512, x: &[f32], cols: usize) -> Self {
+    /// shared out among the threads, for weights whose unsigned form adds `offset`.
+    pub fn quantize(cpu: Avx512, x: &[f32], cols: usize, offset: u8) -> Self {
         let tokens = x.len() / cols;
         let per_token = (cols / BLOCK).div_ceil(2);
         let mut lifted = vec![bytemuck::Zeroable::zeroed(); tokens * per_token];
@@ -158,16 +171,23 @@ impl PairedActivations {
                     (*lifted, *scales, *sums) = cpu.quantize_pair(values);
                 }
             });
+        let single = (tokens == 1).then(|| cpu.single_token(&lifted, offset));
         Self {
             tokens,
             lifted,
             scales,
             scaled_sums,
+            single,
         }
     }
 }
 
 impl Avx512 {
+    fn single_token(self, lifted: &[__m512i], offset: u8) -> SingleToken {
+        // SAFETY: `self` exists only where `detect` found the features.
+        unsafe { single_token(lifted, offset) }
+    }
+
     fn quantize_pair(self, x: &[f32]) -> (__m512i, [f32; 2], [f32; 2]) {
         // SAFETY: `self` exists only where `detect` found the features.
         unsafe { quantize_pair(x) }
@@ -203,6 +223,23 @@ fn quantize_pair(x: &[f32]) -> (__m512i, [f32; 2], [f32; 2]) {
         scales,
         scaled_sums,
     )
+}
+
+/// One token's lifted pairs as `SingleToken`, for weights whose unsigned form adds `offset`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn single_token(lifted: &[__m512i], offset: u8) -> SingleToken {
+    let mut values = Vec::with_capacity(lifted.len());
+    let mut starts = Vec::with_capacity(lifted.len());
+    for pair in lifted {
+        let pair = _mm512_xor_si512(*pair, _mm512_set1_epi8(-128));
+        let fours = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), pair);
+        values.push(pair);
+        starts.push(_mm512_mullo_epi32(
+            fours,
+            _mm512_set1_epi32(-i32::from(offset)),
+        ));
+    }
+    SingleToken { values, starts }
 }
 
 /// A pair of blocks (the first's 32 bytes, then the second's) in the kernels' lane order: each
@@ -242,9 +279,7 @@ fn round_halves_away(x: __m512) -> __m512i {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn q4_0(weights: &[Q4_0], per_row: usize, activations: &PairedActivations, out: &mut [f32]) {
-    let unpack = |a: &Q4_0, b: Option<&Q4_0>| {
-        nibbles_to_lanes(_mm512_sub_epi8(nibble_pair(a, b), _mm512_set1_epi8(8)))
-    };
+    let unpack = |a: &Q4_0, b: Option<&Q4_0>| nibbles_to_lanes(nibble_pair(a, b));
     rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
@@ -262,7 +297,7 @@ fn q5_0(weights: &[Q5_0], per_row: usize, activations: &PairedActivations, out: 
         let low = (a.high_bits & 0xFFFF) | (b_bits << 16);
         let high = (a.high_bits >> 16) | (b_bits & 0xFFFF_0000);
         let fifth_bits = u64::from(low) | (u64::from(high) << 32);
-        let values = _mm512_sub_epi8(nibble_pair(a, b), _mm512_set1_epi8(16));
+        let values = nibble_pair(a, b);
         let sixteen = _mm512_set1_epi8(16);
         nibbles_to_lanes(_mm512_mask_add_epi8(values, fifth_bits, values, sixteen))
     };
@@ -277,14 +312,16 @@ fn q8_0(weights: &[Q8_0], per_row: usize, activations: &PairedActivations, out: 
         } else {
             &[0; 32]
         };
-        interleave_blocks(halves(bytes_of(&a.values), b))
+        let values = halves(bytes_of(&a.values), b);
+        interleave_blocks(_mm512_xor_si512(values, _mm512_set1_epi8(-128)))
     };
     rows_of_pairs(weights, per_row, activations, out, unpack);
 }
 
 /// Rows of 32-weight blocks times every token, as `blocks::dot_row` computes each: `unpack`
-/// gives two blocks' weights (the second may be missing: any values) as 64 signed bytes in the
-/// kernels' lane order (`interleave_blocks`). Tokens go in tiles of 16 (then 8, 4, 2, 1), whose running sums stay in
+/// gives two blocks' weights (the second may be missing: any values) in their unsigned form
+/// (`Block32::UNSIGNED_OFFSET` added) as 64 bytes in the kernels' lane order
+/// (`interleave_blocks`). Tokens go in tiles of 16 (then 8, 4, 2, 1), whose running sums stay in
 /// registers while each pair of weight blocks, unpacked once, meets all of them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
@@ -295,6 +332,9 @@ fn rows_of_pairs<B: Block32>(
     out: &mut [f32],
     unpack: impl Fn(&B, Option<&B>) -> __m512i,
 ) {
+    if let Some(single) = &activations.single {
+        return single_token_rows(weights, per_row, activations, single, out, unpack);
+    }
     in_tiles!(activations.tokens, |first, T| {
         let tile = Tile {
             weights,
@@ -305,6 +345,70 @@ fn rows_of_pairs<B: Block32>(
         };
         tile.run::<T>(&unpack)
     });
+}
+
+/// Weights in their unsigned form (`offset` added) as signed bytes: the offset taken off.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn signed(values: __m512i, offset: u8) -> __m512i {
+    if offset == 0 {
+        return values;
+    }
+    _mm512_sub_epi8(values, _mm512_set1_epi8(offset as i8))
+}
+
+/// `rows_of_pairs` for one token: the weights in their unsigned form meet the token's values
+/// as they are (`SingleToken`), the scales and minimums as in a tile of one.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn single_token_rows<B: Block32>(
+    weights: &[B],
+    per_row: usize,
+    activations: &PairedActivations,
+    single: &SingleToken,
+    out: &mut [f32],
+    unpack: impl Fn(&B, Option<&B>) -> __m512i,
+) {
+    let rows = weights.chunks_exact(per_row);
+    for (r, (row, total)) in rows.zip(out.iter_mut()).enumerate() {
+        prefetch_row(weights, per_row, r + PREFETCH_ROWS_AHEAD);
+        let mut lanes = _mm512_setzero_ps();
+        let mut min_lanes = _mm512_setzero_ps();
+        let pairs = single
+            .values
+            .iter()
+            .zip(&single.starts)
+            .zip(&activations.scales);
+        let pairs = pairs.zip(&activations.scaled_sums);
+        for (blocks, (((x, start), a_scales), scaled_sums)) in row.chunks(2).zip(pairs) {
+            let (w, v) = (&blocks[0], blocks.get(1));
+            let start = if B::UNSIGNED_OFFSET == 0 {
+                _mm512_setzero_si512()
+            } else {
+                *start
+            };
+            let sums = _mm512_dpbusd_epi32(start, unpack(w, v), *x);
+            let (v_scale, v_min) = match v {
+                Some(v) => (v.scale(), v.min()),
+                None => (0.0, 0.0),
+            };
+            let scale = _mm512_mul_ps(
+                broadcast_pair([w.scale(), v_scale]),
+                broadcast_pair(*a_scales),
+            );
+            lanes = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, lanes);
+            if B::HAS_MIN {
+                let mins = broadcast_pair([w.min(), v_min]);
+                min_lanes = _mm512_fmadd_ps(mins, broadcast_pair(*scaled_sums), min_lanes);
+            }
+        }
+        *total = sum_lanes(lanes);
+        if B::HAS_MIN {
+            let [even, odd, ..]: [f32; LANES] = bytemuck::cast(min_lanes);
+            // As in a tile: `blocks::sum_lanes` of lanes zero but for 0 and 8.
+            *total += (even + odd) + 0.0;
+        }
+    }
 }
 
 /// Tokens `first..` of a product of rows of weight blocks `B` with activations `A`.
@@ -345,7 +449,7 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
             let mut min_lanes = [_mm512_setzero_ps(); 2];
             for (p, blocks) in row.chunks(2).enumerate() {
                 let (w, v) = (&blocks[0], blocks.get(1));
-                let values = unpack(w, v);
+                let values = signed(unpack(w, v), B::UNSIGNED_OFFSET);
                 let lift =
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), values);
                 let start = _mm512_sub_epi32(_mm512_setzero_si512(), lift);
