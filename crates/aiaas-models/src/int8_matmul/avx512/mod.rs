@@ -481,8 +481,19 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
                     }
                 }
             }
-            let min_lanes: [[f32; 2]; LANES] = bytemuck::cast(min_lanes);
             let totals = &mut totals[first..][..T];
+            if let Ok(sixteen) = <&[__m512; LANES]>::try_from(&lanes[..]) {
+                // The same sums, 16 tokens at once.
+                let mut sums = sum_lanes_of_16(sixteen);
+                if B::HAS_MIN {
+                    let mins = min_sums_of_16(min_lanes[0], min_lanes[1]);
+                    sums = _mm512_add_ps(sums, mins);
+                }
+                let sums: [f32; LANES] = bytemuck::cast(in_token_order(sums));
+                totals.copy_from_slice(&sums[..T]);
+                continue;
+            }
+            let min_lanes: [[f32; 2]; LANES] = bytemuck::cast(min_lanes);
             for ((total, lanes), [even, odd]) in totals.iter_mut().zip(lanes).zip(min_lanes) {
                 *total = sum_lanes(lanes);
                 if B::HAS_MIN {
@@ -526,6 +537,64 @@ fn sum_lanes(lanes: __m512) -> f32 {
         _mm256_extractf128_ps::<1>(eight),
     );
     _mm_cvtss_f32(_mm_add_ss(four, _mm_movehl_ps(four, four)))
+}
+
+/// `sum_lanes` of 16 tokens' lanes at once, each by the same additions in the same order: lane
+/// 4L + k holds token 2L + k for k < 2 and token 8 + 2L + k - 2 for k ≥ 2 (`in_token_order`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn sum_lanes_of_16(lanes: &[__m512; 16]) -> __m512 {
+    // Neighbouring lanes (dot_row's lanes i and i + 8): 128-bit lane L of vector j holds sums
+    // 2L and 2L + 1 of token 2j, then of token 2j + 1.
+    let pairs: [__m512; 8] = std::array::from_fn(|j| {
+        let (a, b) = (lanes[2 * j], lanes[2 * j + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
+        )
+    });
+    // Sums i and i + 4: 128-bit lanes 0 and 2 take sums 0 and 1 of the two vectors' tokens,
+    // lanes 1 and 3 sums 2 and 3.
+    let fours: [__m512; 4] = std::array::from_fn(|j| {
+        let (a, b) = (pairs[2 * j], pairs[2 * j + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+        )
+    });
+    // Sums i and i + 2: 128-bit lane L holds sums 0 and 1 of tokens 8j + 2L and 8j + 2L + 1.
+    let twos: [__m512; 2] = std::array::from_fn(|j| {
+        let (a, b) = (fours[2 * j], fours[2 * j + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    });
+    let (a, b) = (twos[0], twos[1]);
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
+    )
+}
+
+/// The minimums' part of 16 tokens (registers of 8 tokens, lanes 2t and 2t + 1), as a tile of
+/// fewer tokens adds it, in `sum_lanes_of_16`'s order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn min_sums_of_16(first: __m512, second: __m512) -> __m512 {
+    let sums = _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(first, second),
+        _mm512_shuffle_ps::<0b11_01_11_01>(first, second),
+    );
+    _mm512_add_ps(sums, _mm512_setzero_ps())
+}
+
+/// `sum_lanes_of_16`'s order to tokens 0 to 15.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn in_token_order(sums: __m512) -> __m512 {
+    let lane_of_token = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    _mm512_permutexvar_ps(lane_of_token, sums)
 }
 
 /// Formats whose low four bits a value sit in 16 bytes of nibbles: value j low in byte j, value
