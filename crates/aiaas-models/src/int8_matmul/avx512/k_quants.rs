@@ -5,7 +5,7 @@
 //! Tokens go in tiles of up to 16. For each super-block the integer part takes, per token, four
 //! `vpmaddubsw` + `vpmaddwd` pairs (products of two, then times the sub-block scales), which
 //! cannot overflow: weights are at most 63 and activations at most 127 in magnitude. The 16
-//! tokens' lane sums are then reduced together, into one lane a token (`sum_each`), so that the
+//! tokens' lane sums are then reduced together, into one lane a token (`reduce_16`), so that the
 //! activations' scales, the Q4_K minimums and the Q6_K offset (from the activations' sums of
 //! each run of 16) apply to the whole tile in a few vector operations.
 
@@ -15,7 +15,7 @@ use bytemuck::{bytes_of, pod_read_unaligned};
 
 use super::super::k_quants::{Q8KActivations, Q4K, Q6K, RUN, SUPER};
 use super::super::quantize_tokens;
-use super::{prefetch_row, Tile, PREFETCH_ROWS_AHEAD};
+use super::{in_token_order, prefetch_row, reduce_16, Tile, PREFETCH_ROWS_AHEAD};
 
 /// Runs of 16 activations whose sums are read as one pair.
 const RUN_PAIRS: usize = SUPER / RUN / 2;
@@ -242,7 +242,13 @@ impl<B> Tile<'_, B, SuperBlockActivations> {
                 let sums = if T == 1 {
                     _mm512_zextsi128_si512(_mm_cvtsi32_si128(_mm512_reduce_add_epi32(lanes[0])))
                 } else {
-                    sum_each(lanes)
+                    // Integer sums: any order gives the same.
+                    let add = |a: __m512, b: __m512| {
+                        let sum = _mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b));
+                        _mm512_castsi512_ps(sum)
+                    };
+                    let sums = in_token_order(reduce_16(&bytemuck::cast(lanes), add));
+                    _mm512_castps_si512(sums)
                 };
                 let runs = if T == 1 {
                     // One token: its 16 run sums times the 16 coefficients, in one register.
@@ -273,34 +279,4 @@ impl<B> Tile<'_, B, SuperBlockActivations> {
             totals[first..][..T].copy_from_slice(&row_totals[..T]);
         }
     }
-}
-
-/// Lane t: the sum of the lanes of `v[t]`. Pairs of vectors are added after interleaving, so
-/// each step halves the vectors and doubles the tokens a vector holds.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-fn sum_each(v: [__m512i; 16]) -> __m512i {
-    // 8 vectors: tokens 2i, 2i + 1 alternating within each 128-bit lane.
-    let twos: [__m512i; 8] = std::array::from_fn(|i| {
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
-    });
-    // 4 vectors: tokens 4i..4i + 4 in order within each 128-bit lane.
-    let fours: [__m512i; 4] = std::array::from_fn(|i| {
-        let (a, b) = (twos[2 * i], twos[2 * i + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-    });
-    // 2 vectors: 128-bit lanes 0 and 1 tokens 8i..8i + 4, lanes 2 and 3 tokens 8i + 4..8i + 8.
-    let eights: [__m512i; 2] = std::array::from_fn(|i| {
-        let (a, b) = (fours[2 * i], fours[2 * i + 1]);
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
-        )
-    });
-    let (a, b) = (eights[0], eights[1]);
-    _mm512_add_epi32(
-        _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
-        _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
-    )
 }

@@ -484,7 +484,7 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
             let totals = &mut totals[first..][..T];
             if let Ok(sixteen) = <&[__m512; LANES]>::try_from(&lanes[..]) {
                 // The same sums, 16 tokens at once.
-                let mut sums = sum_lanes_of_16(sixteen);
+                let mut sums = reduce_16(sixteen, |a, b| _mm512_add_ps(a, b));
                 if B::HAS_MIN {
                     let mins = min_sums_of_16(min_lanes[0], min_lanes[1]);
                     sums = _mm512_add_ps(sums, mins);
@@ -539,16 +539,17 @@ fn sum_lanes(lanes: __m512) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(four, _mm_movehl_ps(four, four)))
 }
 
-/// `sum_lanes` of 16 tokens' lanes at once, each by the same additions in the same order: lane
-/// 4L + k holds token 2L + k for k < 2 and token 8 + 2L + k - 2 for k ≥ 2 (`in_token_order`).
+/// `sum_lanes` of 16 tokens' lanes at once, each by the same additions in the same order
+/// (`add`: floats, or integers seen as floats, whose order does not matter): lane 4L + k holds
+/// token 2L + k for k < 2 and token 8 + 2L + k - 2 for k ≥ 2 (`in_token_order`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn sum_lanes_of_16(lanes: &[__m512; 16]) -> __m512 {
+fn reduce_16(lanes: &[__m512; 16], add: impl Fn(__m512, __m512) -> __m512) -> __m512 {
     // Neighbouring lanes (dot_row's lanes i and i + 8): 128-bit lane L of vector j holds sums
     // 2L and 2L + 1 of token 2j, then of token 2j + 1.
     let pairs: [__m512; 8] = std::array::from_fn(|j| {
         let (a, b) = (lanes[2 * j], lanes[2 * j + 1]);
-        _mm512_add_ps(
+        add(
             _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
             _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
         )
@@ -557,7 +558,7 @@ fn sum_lanes_of_16(lanes: &[__m512; 16]) -> __m512 {
     // lanes 1 and 3 sums 2 and 3.
     let fours: [__m512; 4] = std::array::from_fn(|j| {
         let (a, b) = (pairs[2 * j], pairs[2 * j + 1]);
-        _mm512_add_ps(
+        add(
             _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
             _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
         )
@@ -565,20 +566,20 @@ fn sum_lanes_of_16(lanes: &[__m512; 16]) -> __m512 {
     // Sums i and i + 2: 128-bit lane L holds sums 0 and 1 of tokens 8j + 2L and 8j + 2L + 1.
     let twos: [__m512; 2] = std::array::from_fn(|j| {
         let (a, b) = (fours[2 * j], fours[2 * j + 1]);
-        _mm512_add_ps(
+        add(
             _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
             _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
         )
     });
     let (a, b) = (twos[0], twos[1]);
-    _mm512_add_ps(
+    add(
         _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
         _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
     )
 }
 
 /// The minimums' part of 16 tokens (registers of 8 tokens, lanes 2t and 2t + 1), as a tile of
-/// fewer tokens adds it, in `sum_lanes_of_16`'s order.
+/// fewer tokens adds it, in `reduce_16`'s order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 fn min_sums_of_16(first: __m512, second: __m512) -> __m512 {
@@ -589,7 +590,7 @@ fn min_sums_of_16(first: __m512, second: __m512) -> __m512 {
     _mm512_add_ps(sums, _mm512_setzero_ps())
 }
 
-/// `sum_lanes_of_16`'s order to tokens 0 to 15.
+/// `reduce_16`'s order to tokens 0 to 15.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 fn in_token_order(sums: __m512) -> __m512 {
