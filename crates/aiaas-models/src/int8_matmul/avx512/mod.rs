@@ -1,9 +1,13 @@
 //! AVX-512 VNNI kernels for every format's products. `vpdpbusd` multiplies 64 unsigned bytes by
 //! 64 signed bytes and sums each run of four into one of 16 lanes: a pair of 32-weight blocks
-//! takes one instruction where the portable loop takes dozens. For 32-weight blocks the
-//! activations are the unsigned operand (quantized here, once per product, lifted by 128, with
-//! the weights' share of the lift taken off once per weight pair), so the token loop does no
-//! sign handling; K-quants take unsigned weights and signed activations. Each kernel
+//! takes one instruction where the portable loop takes dozens. For 32-weight blocks in tiles of
+//! tokens the activations are the unsigned operand (quantized here, once per product, lifted by
+//! 128, with the weights' share of the lift taken off once per weight pair), so the token loop
+//! does no sign handling; a product of one token (a decode step, where unpacking the weights is
+//! most of the work) lets the weights be the unsigned operand instead, with no lift (its
+//! activations carry each lane's share of the weights' offset). `dot_row`'s lanes are stored
+//! interleaved by block (`interleave_blocks`). K-quants take unsigned weights and signed
+//! activations. Each kernel
 //! computes its format's `WeightBlock::dot_row` arithmetic exactly (integer sums are exact; the
 //! float operations are the same, in the same order), so results equal the portable kernel's to
 //! the bit, whatever the batch.
@@ -424,10 +428,10 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
     /// Computes `T` tokens (at most 16) from `first` on (the caller makes sure there are as
     /// many).
     ///
-    /// The activations come lifted by 128 (`PairActivations`), so one `vpdpbusd` started from
-    /// minus 128 times the weights' lane sums gives each lane's exact integer sum; the scale
-    /// products and the fused multiply-adds are `dot_row`'s, one vector operation each. The
-    /// minimums' lanes 0 and 8 of 8 tokens share one register (lanes 2t and 2t + 1).
+    /// The activations come lifted by 128 (`PairedActivations::lifted`), so one `vpdpbusd`
+    /// started from minus 128 times the weights' lane sums gives each lane's exact integer sum;
+    /// the scale products and the fused multiply-adds are `dot_row`'s, one vector operation
+    /// each. The minimums' lanes 0 and 8 of 8 tokens share one register (lanes 2t and 2t + 1).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
     fn run<const T: usize>(self, unpack: &impl Fn(&B, Option<&B>) -> __m512i) {
