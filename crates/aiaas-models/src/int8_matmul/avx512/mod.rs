@@ -486,9 +486,11 @@ impl<B: Block32> Tile<'_, B, PairedActivations> {
                 }
             }
             let totals = &mut totals[first..][..T];
-            if let Ok(sixteen) = <&[__m512; LANES]>::try_from(&lanes[..]) {
-                // The same sums, 16 tokens at once.
-                let mut sums = reduce_16(sixteen, |a, b| _mm512_add_ps(a, b));
+            if T >= LANES / 2 {
+                // The same sums, the tile's tokens at once (tokens past `T` are zeros, dropped).
+                let mut sixteen = [_mm512_setzero_ps(); LANES];
+                sixteen[..T].copy_from_slice(&lanes);
+                let mut sums = reduce_16(&sixteen, |a, b| _mm512_add_ps(a, b));
                 if B::HAS_MIN {
                     let mins = min_sums_of_16(min_lanes[0], min_lanes[1]);
                     sums = _mm512_add_ps(sums, mins);
