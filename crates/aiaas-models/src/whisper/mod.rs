@@ -1,0 +1,215 @@
+//! Whisper speech recognition from CTranslate2 model folders (faster-whisper's format):
+//! `model.bin` (see `ctranslate2`), `config.json` (suppressed tokens, language ids) and
+//! `tokenizer.json`.
+//!
+//! The encoder turns 30 s of log-mel frames (`mel`) into 1500 vectors; the decoder writes
+//! tokens one at a time, attending to its own past (a key/value cache) and to the encoder's
+//! output (keys and values computed once per window). `transcribe` drives both the way
+//! faster-whisper does (`transcribe`): windows, timestamps, segments.
+
+mod decoder;
+mod encoder;
+pub mod mel;
+mod transcribe;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::ctranslate2::Ct2Model;
+use crate::dense::{Dense, Norm};
+use crate::{ModelError, Result};
+use decoder::TextDecoder;
+use encoder::Encoder;
+pub use transcribe::{Segment, Task, TranscribeOptions, Transcript};
+
+/// The `config.json` fields of a CTranslate2 Whisper folder that decoding needs.
+#[derive(Debug, Deserialize)]
+struct Config {
+    #[serde(default)]
+    suppress_ids: Vec<u32>,
+    #[serde(default)]
+    suppress_ids_begin: Vec<u32>,
+    #[serde(default)]
+    lang_ids: Vec<u32>,
+}
+
+/// The tokens that steer decoding, looked up by name in the tokenizer.
+#[derive(Debug, Clone)]
+struct SpecialTokens {
+    end_of_text: u32,
+    start_of_transcript: u32,
+    start_of_previous: u32,
+    transcribe: u32,
+    translate: u32,
+    no_timestamps: u32,
+    no_speech: u32,
+    /// The first timestamp token (`<|0.00|>`); every token from here on is a timestamp.
+    timestamp_begin: u32,
+}
+
+pub struct Whisper {
+    encoder: Encoder,
+    decoder: TextDecoder,
+    tokenizer: tokenizers::Tokenizer,
+    special: SpecialTokens,
+    /// Never generated: non-speech symbols and control tokens.
+    suppressed: Vec<u32>,
+    /// Not generated first: a blank and the end of text.
+    suppressed_at_begin: Vec<u32>,
+    /// Language tokens (`<|en|>` ...), for a multilingual model; empty for an English one.
+    languages: Vec<(String, u32)>,
+}
+
+impl Whisper {
+    /// Reads a CTranslate2 Whisper folder.
+    pub fn load(folder: &Path) -> Result<Self> {
+        let model = Ct2Model::read(&folder.join("model.bin"))?;
+        if model.spec != "WhisperSpec" {
+            return Err(ModelError::UnsupportedArchitecture(model.spec));
+        }
+        let config_path = folder.join("config.json");
+        let config_text =
+            std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
+                path: config_path.display().to_string(),
+                source,
+            })?;
+        let config: Config = serde_json::from_str(&config_text)
+            .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
+        let tokenizer_path = folder.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| ModelError::Format(format!("{}: {e}", tokenizer_path.display())))?;
+        let id = |name: &str| {
+            tokenizer
+                .token_to_id(name)
+                .ok_or_else(|| ModelError::Format(format!("the tokenizer has no `{name}`")))
+        };
+        let no_timestamps = id("<|notimestamps|>")?;
+        let special = SpecialTokens {
+            end_of_text: id("<|endoftext|>")?,
+            start_of_transcript: id("<|startoftranscript|>")?,
+            start_of_previous: id("<|startofprev|>")?,
+            transcribe: id("<|transcribe|>")?,
+            translate: id("<|translate|>")?,
+            no_timestamps,
+            no_speech: id("<|nospeech|>").or_else(|_| id("<|nocaptions|>"))?,
+            timestamp_begin: no_timestamps + 1,
+        };
+        let encoder = Encoder::load(&model)?;
+        let decoder = TextDecoder::load(&model)?;
+        // An English-only model's vocabulary ends before the first language token's place.
+        let multilingual = decoder.vocabulary() >= 51_865;
+        let languages = if multilingual {
+            config
+                .lang_ids
+                .iter()
+                .filter_map(|&id| {
+                    let token = tokenizer.id_to_token(id)?;
+                    let code = token.strip_prefix("<|")?.strip_suffix("|>")?.to_string();
+                    Some((code, id))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut suppressed: HashSet<u32> = config.suppress_ids.into_iter().collect();
+        suppressed.extend([
+            special.transcribe,
+            special.translate,
+            special.start_of_transcript,
+            special.start_of_previous,
+            special.no_speech,
+        ]);
+        if let Ok(start_of_lm) = id("<|startoflm|>") {
+            suppressed.insert(start_of_lm);
+        }
+        let mut suppressed: Vec<u32> = suppressed.into_iter().collect();
+        suppressed.sort_unstable();
+        Ok(Self {
+            encoder,
+            decoder,
+            tokenizer,
+            special,
+            suppressed,
+            suppressed_at_begin: config.suppress_ids_begin,
+            languages,
+        })
+    }
+
+    /// Whether the model knows other languages than English (and can translate).
+    pub fn is_multilingual(&self) -> bool {
+        !self.languages.is_empty()
+    }
+
+    /// The language codes the model accepts (empty for an English-only model).
+    pub fn languages(&self) -> impl Iterator<Item = &str> {
+        self.languages.iter().map(|(code, _)| code.as_str())
+    }
+
+    pub fn parameter_count(&self) -> u64 {
+        (self.encoder.parameter_count() + self.decoder.parameter_count()) as u64
+    }
+}
+
+/// Reads CTranslate2 layers by their variable names.
+struct Variables<'a>(&'a Ct2Model);
+
+impl Variables<'_> {
+    /// A linear layer; a missing bias (Whisper's key projections) is zeros.
+    fn dense(&self, name: &str) -> Result<Dense> {
+        let weight = self.0.get(&format!("{name}/weight"), 2)?;
+        let (outputs, inputs) = (weight.dims[0], weight.dims[1]);
+        let bias = match self.0.contains(&format!("{name}/bias")) {
+            true => self.values(&format!("{name}/bias"), 1)?,
+            false => vec![0.0; outputs],
+        };
+        if bias.len() != outputs {
+            return Err(ModelError::Format(format!(
+                "`{name}`: bias and weight disagree"
+            )));
+        }
+        Ok(Dense::new(&weight.values, bias, inputs))
+    }
+
+    /// A convolution's weights `(outputs, inputs, width)` as a dense layer over the inputs'
+    /// windows flattened input by input (`inputs × width` values a row).
+    fn convolution(&self, name: &str) -> Result<Dense> {
+        let weight = self.0.get(&format!("{name}/weight"), 3)?;
+        let inputs = weight.dims[1] * weight.dims[2];
+        let bias = self.values(&format!("{name}/bias"), 1)?;
+        Ok(Dense::new(&weight.values, bias, inputs))
+    }
+
+    fn norm(&self, name: &str) -> Result<Norm> {
+        Ok(Norm {
+            weight: self.values(&format!("{name}/gamma"), 1)?,
+            bias: self.values(&format!("{name}/beta"), 1)?,
+            eps: 1e-5,
+        })
+    }
+
+    fn values(&self, name: &str, rank: usize) -> Result<Vec<f32>> {
+        Ok(self.0.get(name, rank)?.values.clone())
+    }
+
+    /// How many `{prefix}/layer_N` layers there are.
+    fn layer_count(&self, prefix: &str) -> usize {
+        (0..)
+            .take_while(|i| {
+                self.0
+                    .contains(&format!("{prefix}/layer_{i}/ffn/layer_norm/gamma"))
+            })
+            .count()
+    }
+
+    fn heads(&self, prefix: &str, width: usize) -> Result<usize> {
+        let heads = self.0.scalar(&format!("{prefix}/num_heads"))?;
+        match usize::try_from(heads) {
+            Ok(heads) if heads > 0 && width.is_multiple_of(heads) => Ok(heads),
+            _ => Err(ModelError::Format(format!(
+                "{prefix}: {heads} heads for width {width}"
+            ))),
+        }
+    }
+}
