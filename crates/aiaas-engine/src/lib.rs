@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod registry;
 pub mod repository;
 pub mod residency;
+pub mod transcribe;
 
 pub use embed::{EmbedInput, LoadedEmbedder};
 pub use generate::LoadedGenerator;
@@ -23,6 +24,7 @@ pub use metrics::EngineMetrics;
 pub use registry::Engine;
 pub use repository::ModelRepository;
 pub use residency::{set_release_hook, ModelState, ModelStatus, ResidencyPolicy};
+pub use transcribe::{LoadedTranscriber, TranscriptionJob};
 
 /// Errors the engine reports; the API layer maps each to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,8 @@ pub enum Task {
     Completion,
     /// A sentence encoder: `/v1/embeddings`.
     Embedding,
+    /// A speech recognizer: `/v1/audio/transcriptions` (and, multilingual, `/translations`).
+    Transcription,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ use crate::residency::{
     choose_evictions, release_all, LoadOutcome, LoadedModel, ModelState, ModelStatus, Next,
     ResidencyPolicy, Shortfall, Slot,
 };
+use crate::transcribe::{LoadedTranscriber, TranscribeLimits};
 use crate::{EngineError, EngineMetrics, ModelManifest, ModelRepository, Result, Task};
 
 /// What a caller told to retry while its model loads should wait, in seconds.
@@ -145,10 +146,7 @@ impl Engine {
     pub async fn generator(&self, id: &str) -> Result<Arc<LoadedGenerator>> {
         match self.acquire(id, Some(self.policy.load_wait)).await? {
             LoadedModel::Generator(generator) => Ok(generator),
-            LoadedModel::Embedder(_) => Err(EngineError::invalid(
-                "model",
-                format!("`{id}` is an embedding model; use /v1/embeddings"),
-            )),
+            other => Err(wrong_model(id, &other, "a text generation")),
         }
     }
 
@@ -156,13 +154,15 @@ impl Engine {
     pub async fn embedder(&self, id: &str) -> Result<Arc<LoadedEmbedder>> {
         match self.acquire(id, Some(self.policy.load_wait)).await? {
             LoadedModel::Embedder(embedder) => Ok(embedder),
-            LoadedModel::Generator(_) => Err(EngineError::invalid(
-                "model",
-                format!(
-                    "`{id}` is a text generation model, not an embedding model; use \
-                     /v1/chat/completions or /v1/completions"
-                ),
-            )),
+            other => Err(wrong_model(id, &other, "an embedding")),
+        }
+    }
+
+    /// The loaded speech recognizer for `id`, loading it if needed.
+    pub async fn transcriber(&self, id: &str) -> Result<Arc<LoadedTranscriber>> {
+        match self.acquire(id, Some(self.policy.load_wait)).await? {
+            LoadedModel::Transcriber(transcriber) => Ok(transcriber),
+            other => Err(wrong_model(id, &other, "a speech recognition")),
         }
     }
 
@@ -388,6 +388,22 @@ impl Engine {
     }
 }
 
+/// The error for a request that names a model of another kind than its route serves.
+fn wrong_model(id: &str, loaded: &LoadedModel, wanted: &str) -> EngineError {
+    let (is, routes) = match loaded {
+        LoadedModel::Generator(_) => (
+            "a text generation model",
+            "/v1/chat/completions or /v1/completions",
+        ),
+        LoadedModel::Embedder(_) => ("an embedding model", "/v1/embeddings"),
+        LoadedModel::Transcriber(_) => ("a speech recognition model", "/v1/audio/transcriptions"),
+    };
+    EngineError::invalid(
+        "model",
+        format!("`{id}` is {is}, not {wanted} model; use {routes}"),
+    )
+}
+
 /// Frees unloaded models off the async threads and waits until they are gone.
 async fn release(models: Vec<LoadedModel>) {
     if models.is_empty() {
@@ -416,6 +432,13 @@ impl LoadJob {
                 LoadedEmbedder::load(self.manifest, &self.dir, self.embed_limits, self.metrics)
                     .map(|e| LoadedModel::Embedder(Arc::new(e)))
             }
+            Task::Transcription => LoadedTranscriber::load(
+                self.manifest,
+                &self.dir,
+                TranscribeLimits::default(),
+                self.metrics,
+            )
+            .map(|t| LoadedModel::Transcriber(Arc::new(t))),
             Task::Chat | Task::Completion => {
                 LoadedGenerator::load(self.manifest, &self.weights, self.limits, self.metrics)
                     .map(|g| LoadedModel::Generator(Arc::new(g)))

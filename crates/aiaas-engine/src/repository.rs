@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aiaas_models::{sentence, GgufFile, SentenceEncoder};
+use aiaas_models::{sentence, whisper, GgufFile, SentenceEncoder, Whisper};
 
 use crate::manifest::{ModelManifest, Task, MANIFEST_FILE};
 use crate::{EngineError, Result};
@@ -66,7 +66,8 @@ impl ModelRepository {
     }
 
     /// Imports a model under `id` (default: the file or folder name, lower-cased): a GGUF file
-    /// (a generator) or a sentence-transformers / Hugging Face BERT folder (an embedding model).
+    /// (a generator), a sentence-transformers / Hugging Face BERT folder (an embedding model) or a
+    /// CTranslate2 Whisper folder (a speech recognizer).
     /// Files are hard-linked when on the same file system, copied otherwise.
     pub fn import(
         &self,
@@ -86,7 +87,9 @@ impl ModelRepository {
                 format!("a model with id `{id}` already exists; remove it first or pick --id"),
             ));
         }
-        let (files, mut manifest) = if source.is_dir() {
+        let (files, mut manifest) = if source.join(whisper::WEIGHTS_FILE).is_file() {
+            describe_whisper_folder(source)?
+        } else if source.is_dir() {
             describe_sentence_folder(source)?
         } else {
             describe_gguf(source)?
@@ -165,6 +168,30 @@ fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mo
         dimensions: Some(encoder.dimensions()),
         parameters: encoder.parameter_count(),
         quantization: "F32".into(),
+        created: unix_now(),
+        source: None,
+    };
+    Ok((files, manifest))
+}
+
+/// A CTranslate2 Whisper folder: loaded once to prove it works, then its files and manifest.
+fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
+    let model = Whisper::load(source)?;
+    let files = whisper::FOLDER_FILES
+        .iter()
+        .filter(|(name, required)| *required || source.join(name).is_file())
+        .map(|(name, _)| (source.join(name), name.to_string()))
+        .collect();
+    let manifest = ModelManifest {
+        id: String::new(),
+        task: Task::Transcription,
+        format: "ctranslate2".into(),
+        architecture: "whisper".into(),
+        file: whisper::WEIGHTS_FILE.into(),
+        context_length: model.max_tokens(),
+        dimensions: None,
+        parameters: model.parameter_count(),
+        quantization: "F16".into(),
         created: unix_now(),
         source: None,
     };

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::embed::LoadedEmbedder;
 use crate::generate::LoadedGenerator;
 use crate::in_use::InUse;
+use crate::transcribe::LoadedTranscriber;
 use crate::ModelManifest;
 
 /// How long models stay loaded and how much memory they may take.
@@ -63,6 +64,7 @@ pub struct ModelStatus {
 pub(crate) enum LoadedModel {
     Generator(Arc<LoadedGenerator>),
     Embedder(Arc<LoadedEmbedder>),
+    Transcriber(Arc<LoadedTranscriber>),
 }
 
 impl LoadedModel {
@@ -70,6 +72,7 @@ impl LoadedModel {
         match self {
             Self::Generator(generator) => generator.in_use(),
             Self::Embedder(embedder) => embedder.in_use(),
+            Self::Transcriber(transcriber) => transcriber.in_use(),
         }
     }
 
@@ -83,6 +86,7 @@ impl LoadedModel {
                 }
             }
             Self::Embedder(embedder) => drop(embedder),
+            Self::Transcriber(transcriber) => drop(transcriber),
         }
     }
 }

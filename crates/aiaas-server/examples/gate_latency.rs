@@ -64,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 created_at: 0,
                 prompt_tokens: 30,
                 completion_tokens: 12,
+                audio_seconds: 0.0,
                 status: 200,
                 latency_ms: 5,
             })

@@ -208,7 +208,8 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model id in the repository, a GGUF file, or a sentence-transformers folder.
+    /// Model id in the repository, a GGUF file, a sentence-transformers folder or a
+    /// CTranslate2 Whisper folder.
     pub model: String,
     /// Prompt tokens processed in one pass (like llama-bench's pp).
     #[arg(long, default_value_t = 512)]
@@ -225,4 +226,7 @@ pub struct BenchArgs {
     /// Embedding models: sentences per batch, each measured in turn.
     #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
     pub batch_sizes: Vec<usize>,
+    /// Speech models: a folder of audio clips (WAV, FLAC, MP3, OGG).
+    #[arg(long)]
+    pub audio: Option<std::path::PathBuf>,
 }

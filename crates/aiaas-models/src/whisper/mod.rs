@@ -24,6 +24,18 @@ use decoder::TextDecoder;
 use encoder::Encoder;
 pub use transcribe::{Segment, Task, TranscribeOptions, Transcript};
 
+/// The weights file of a CTranslate2 folder.
+pub const WEIGHTS_FILE: &str = "model.bin";
+
+/// The files of a CTranslate2 Whisper folder, and whether each is required.
+pub const FOLDER_FILES: &[(&str, bool)] = &[
+    (WEIGHTS_FILE, true),
+    ("config.json", true),
+    ("tokenizer.json", true),
+    ("vocabulary.txt", false),
+    ("preprocessor_config.json", false),
+];
+
 /// The `config.json` fields of a CTranslate2 Whisper folder that decoding needs.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -65,7 +77,7 @@ pub struct Whisper {
 impl Whisper {
     /// Reads a CTranslate2 Whisper folder.
     pub fn load(folder: &Path) -> Result<Self> {
-        let model = Ct2Model::read(&folder.join("model.bin"))?;
+        let model = Ct2Model::read(&folder.join(WEIGHTS_FILE))?;
         if model.spec != "WhisperSpec" {
             return Err(ModelError::UnsupportedArchitecture(model.spec));
         }
@@ -145,6 +157,11 @@ impl Whisper {
     /// The language codes the model accepts (empty for an English-only model).
     pub fn languages(&self) -> impl Iterator<Item = &str> {
         self.languages.iter().map(|(code, _)| code.as_str())
+    }
+
+    /// The most tokens (prompt and text) one 30 s window can hold.
+    pub fn max_tokens(&self) -> usize {
+        self.decoder.max_tokens()
     }
 
     pub fn parameter_count(&self) -> u64 {

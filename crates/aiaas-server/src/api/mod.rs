@@ -3,6 +3,7 @@
 //! with its OpenAPI description (`openapi`).
 
 mod admin;
+mod audio;
 mod chat;
 mod completions;
 mod embeddings;
@@ -44,13 +45,18 @@ pub fn router(state: AppState, max_body_bytes: usize, log_request_bodies: bool) 
         .layer(DefaultBodyLimit::max(upload_limit))
         .routes(routes!(files::retrieve, files::delete))
         .routes(routes!(files::content));
+    let audio = OpenApiRouter::new()
+        .routes(routes!(audio::transcriptions))
+        .routes(routes!(audio::translations))
+        .layer(DefaultBodyLimit::max(audio::MAX_AUDIO_BYTES + 64 * 1024));
     let v1 = OpenApiRouter::new()
         .routes(routes!(models::list))
         .routes(routes!(models::retrieve))
         .routes(routes!(chat::create))
         .routes(routes!(completions::create))
         .routes(routes!(embeddings::create))
-        .merge(files);
+        .merge(files)
+        .merge(audio);
     let v1 = if log_request_bodies {
         v1.route_layer(middleware::from_fn(telemetry::log_request_body))
     } else {

@@ -47,6 +47,27 @@ impl Meter {
         completion_tokens: i64,
         status: u16,
     ) -> Result<(), StoreError> {
+        self.insert(prompt_tokens, completion_tokens, 0.0, status)
+            .await
+    }
+
+    /// A speech request's row: the audio's length, and the tokens of its text.
+    pub async fn record_audio(
+        &self,
+        audio_seconds: f64,
+        text_tokens: i64,
+        status: u16,
+    ) -> Result<(), StoreError> {
+        self.insert(0, text_tokens, audio_seconds, status).await
+    }
+
+    async fn insert(
+        &self,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+        audio_seconds: f64,
+        status: u16,
+    ) -> Result<(), StoreError> {
         self.store
             .insert_usage(&UsageRecord {
                 key_id: self.key_id.clone(),
@@ -55,6 +76,7 @@ impl Meter {
                 created_at: clock::now(),
                 prompt_tokens,
                 completion_tokens,
+                audio_seconds,
                 status,
                 latency_ms: self.started.elapsed().as_millis() as i64,
             })

@@ -43,6 +43,8 @@ pub struct UsageRecord {
     pub created_at: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// The length of the audio a speech request carried; 0 for others.
+    pub audio_seconds: f64,
     pub status: u16,
     pub latency_ms: i64,
 }
@@ -55,6 +57,7 @@ struct UsageRow {
     created_at: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
+    audio_seconds: f64,
     status: i64,
     latency_ms: i64,
 }
@@ -85,6 +88,8 @@ pub struct UsageGroup {
     pub requests: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// Seconds of audio transcribed or translated.
+    pub audio_seconds: f64,
     pub errors: i64,
     pub latency_p50_ms: i64,
     pub latency_p99_ms: i64,
@@ -285,7 +290,8 @@ impl Store {
     pub async fn insert_usage(&self, usage: &UsageRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO usage_records (key_id, model, route, created_at, prompt_tokens, \
-             completion_tokens, status, latency_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             completion_tokens, audio_seconds, status, latency_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&usage.key_id)
         .bind(&usage.model)
@@ -293,6 +299,7 @@ impl Store {
         .bind(usage.created_at)
         .bind(usage.prompt_tokens)
         .bind(usage.completion_tokens)
+        .bind(usage.audio_seconds)
         .bind(i32::from(usage.status))
         .bind(usage.latency_ms)
         .execute(self.pool())
@@ -317,7 +324,8 @@ impl Store {
     /// latencies, which keeps the SQL portable.
     pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageGroup>> {
         let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT key_id, model, created_at, prompt_tokens, completion_tokens, status, latency_ms \
+            "SELECT key_id, model, created_at, prompt_tokens, completion_tokens, audio_seconds, status, \
+             latency_ms \
              FROM usage_records WHERE ($1 IS NULL OR key_id = $1) AND ($2 IS NULL OR model = $2) \
              AND created_at >= $3 ORDER BY created_at",
         )
@@ -349,6 +357,7 @@ impl Store {
                     requests: rows.len() as i64,
                     prompt_tokens: rows.iter().map(|r| r.prompt_tokens).sum(),
                     completion_tokens: rows.iter().map(|r| r.completion_tokens).sum(),
+                    audio_seconds: rows.iter().map(|r| r.audio_seconds).sum(),
                     errors: rows.iter().filter(|r| r.status >= 400).count() as i64,
                     latency_p50_ms: percentile(&latencies, 50),
                     latency_p99_ms: percentile(&latencies, 99),

@@ -3,6 +3,7 @@
 
 mod embedding;
 mod generation;
+mod transcription;
 
 use std::path::PathBuf;
 
@@ -11,9 +12,13 @@ use aiaas_engine::{ModelRepository, Task};
 use crate::cli::BenchArgs;
 use crate::config::Settings;
 
-/// Benchmarks a repository model by id, a GGUF file, or a sentence-transformers folder.
+/// Benchmarks a repository model by id, a GGUF file, a sentence-transformers folder or a
+/// CTranslate2 Whisper folder.
 pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     let given = PathBuf::from(&args.model);
+    if given.join(aiaas_models::whisper::WEIGHTS_FILE).is_file() {
+        return transcription::run(args, &given);
+    }
     if given.is_dir() {
         return embedding::run(args, &given);
     }
@@ -25,6 +30,7 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     match manifest.task {
         Task::Embedding => embedding::run(args, &repository.model_dir(&manifest)),
         Task::Chat | Task::Completion => generation::run(args, &repository.weights_path(&manifest)),
+        Task::Transcription => transcription::run(args, &repository.model_dir(&manifest)),
     }
 }
 
