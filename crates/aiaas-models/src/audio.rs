@@ -86,7 +86,11 @@ fn decode_mono(
             MetadataOptions::default(),
         )
         .map_err(|e| match e {
-            SymphoniaError::Unsupported(_) => AudioError::Unrecognized,
+            // No reader knows the container; otherwise a reader knew it and not its content.
+            SymphoniaError::Unsupported(what) if what.contains("no suitable format reader") => {
+                AudioError::Unrecognized
+            }
+            SymphoniaError::Unsupported(what) => AudioError::UnsupportedCodec(what.to_string()),
             other => AudioError::Damaged(other.to_string()),
         })?;
     let track = format
@@ -228,9 +232,15 @@ mod tests {
             .flat_map(|s| ((s * 32767.0) as i16).to_le_bytes())
             .collect();
         let whole = wav(1, 16, 1, 16_000, &data);
-        // Cut anywhere: an error or fewer samples, never a panic.
-        for len in [4, 12, 30, 44, 100, whole.len() / 2] {
-            let _ = decode(whole[..len].to_vec(), Some("wav"), 16_000, 60);
+        // Cut anywhere: an error, never a panic or a silently shorter recording.
+        for len in [4, 12, 30, 44, 100, whole.len() / 2, whole.len() - 200] {
+            let cut = decode(whole[..len].to_vec(), Some("wav"), 16_000, 60);
+            assert!(
+                cut.is_err(),
+                "cut at {len} of {}: {:?}",
+                whole.len(),
+                cut.map(|a| a.duration())
+            );
         }
         let long = decode(whole, Some("wav"), 16_000, 0).unwrap_err();
         assert_eq!(long, AudioError::TooLong { limit: 0 });

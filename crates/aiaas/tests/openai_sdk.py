@@ -76,4 +76,18 @@ try:
 except openai.NotFoundError:
     pass
 
+# Speech to text: the SDK's multipart upload, in three response formats.
+speech_model, clip, clip_text = os.environ["SPEECH_MODEL"], os.environ["SPEECH_CLIP"], os.environ["SPEECH_TEXT"]
+with open(clip, "rb") as audio:
+    transcript = client.audio.transcriptions.create(model=speech_model, file=audio)
+assert transcript.text == clip_text, transcript
+with open(clip, "rb") as audio:
+    verbose = client.audio.transcriptions.create(model=speech_model, file=audio, language="en",
+                                                 response_format="verbose_json", temperature=0)
+assert verbose.text == clip_text and verbose.duration > 3, verbose
+assert verbose.segments[0].start == 0 and verbose.segments[0].text.strip() == clip_text, verbose
+with open(clip, "rb") as audio:
+    subtitles = client.audio.transcriptions.create(model=speech_model, file=audio, response_format="srt")
+assert subtitles.startswith("1\n00:00:00,000 --> ") and clip_text in subtitles, subtitles
+
 print("all openai SDK checks passed")

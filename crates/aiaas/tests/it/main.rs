@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `aiaas` binary on an ephemeral port, real models, real HTTP.
 
+mod audio;
 mod common;
 mod config;
 mod embeddings;

@@ -15,6 +15,8 @@ const ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
     "/v1/files",
     "/v1/files/{file_id}",
     "/v1/files/{file_id}/content",
