@@ -6,7 +6,7 @@
 //! padding, and only attention, the one step that mixes tokens, looks at sequence boundaries.
 //! Mixing a 5-token and a 250-token input therefore costs what the 255 tokens cost.
 
-pub(crate) mod attention;
+mod attention;
 
 use std::collections::HashMap;
 use std::path::Path;

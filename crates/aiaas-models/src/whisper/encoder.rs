@@ -1,10 +1,12 @@
 //! Whisper's audio encoder: two convolutions (the second halving the frame rate), positions,
 //! then pre-norm transformer layers.
 
-use crate::bert::attention::attention;
+use rayon::prelude::*;
+
+use crate::bf16_matmul::Bf16Matrix;
 use crate::ctranslate2::Ct2Model;
 use crate::dense::{add, each_row, gelu_rows, Dense, Norm};
-use crate::fast_math;
+use crate::fast_math::{self, vectorized};
 use crate::{ModelError, Result};
 
 use super::mel::MEL_BINS;
@@ -72,7 +74,7 @@ impl Encoder {
     }
 
     /// One window of mel frames (bin-major, `MEL_BINS × WINDOW_FRAMES`) to `OUTPUTS` vectors.
-    pub fn forward(&self, mel: &[f32]) -> Vec<f32> {
+    pub fn forward(&self, mel: &[f32]) -> Result<Vec<f32>> {
         debug_assert_eq!(mel.len(), MEL_BINS * WINDOW_FRAMES);
         // The mel bins of each frame's neighbourhood, bin by bin, as conv1's weights are laid out.
         let windows = neighbourhoods(WINDOW_FRAMES, MEL_BINS, 1, |frame, bin| {
@@ -91,20 +93,20 @@ impl Encoder {
             add(row, &self.positions[i * self.width..][..self.width]);
         });
         for layer in &self.layers {
-            x = self.layer(layer, x);
+            x = self.layer(layer, x)?;
         }
         each_row(&mut x, self.width, |_, row| self.norm.apply(row));
-        x
+        Ok(x)
     }
 
-    fn layer(&self, layer: &Layer, mut x: Vec<f32>) -> Vec<f32> {
+    fn layer(&self, layer: &Layer, mut x: Vec<f32>) -> Result<Vec<f32>> {
         let qkv = layer.qkv.forward(&layer.attention_norm.rows(&x), OUTPUTS);
-        let context = attention(&qkv, &[OUTPUTS], self.width, self.heads);
+        let context = attention(&qkv, OUTPUTS, self.heads);
         layer.attention_out.add_product(&mut x, &context, OUTPUTS);
         let mut inner = layer.up.forward(&layer.ffn_norm.rows(&x), OUTPUTS);
         gelu_rows(&mut inner, layer.up.outputs());
         layer.down.add_product(&mut x, &inner, OUTPUTS);
-        x
+        Ok(x)
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -123,6 +125,78 @@ impl Encoder {
             + self.positions.len()
             + self.norm.parameter_count()
             + layers
+    }
+}
+
+/// Bidirectional multi-head attention over `tokens` rows of `[query | key | value]`. Each head
+/// is two matrix products around a softmax: queries times keys (the keys as a weight matrix of
+/// `tokens` outputs), then probabilities times values (transposed: `head_width` outputs), on
+/// the bf16 kernels (AMX tiles where the CPU has them; operands rounded to bf16, sums in f32,
+/// as in every dense layer). Queries go in blocks, so that a block's scores stay in the cache
+/// between the two products. Measured on Whisper tiny's 1500 tokens: ~25 ms a layer, against
+/// 80 ms for a dot product per pair of tokens in f32, and 55 ms for whole-head products (whose
+/// 1500 × 1500 scores go through memory).
+fn attention(qkv: &[f32], tokens: usize, heads: usize) -> Vec<f32> {
+    const QUERY_BLOCK: usize = 128;
+    let width = qkv.len() / tokens / 3;
+    let head_width = width / heads;
+    let scale = 1.0 / (head_width as f32).sqrt();
+    let by_head: Vec<Vec<f32>> = (0..heads)
+        .into_par_iter()
+        .map(|head| {
+            // Part `part` (0 query, 1 key, 2 value) of this head, `tokens × head_width`.
+            let gather = |part: usize| -> Vec<f32> {
+                let first = part * width + head * head_width;
+                (qkv.chunks_exact(3 * width))
+                    .flat_map(|row| &row[first..first + head_width])
+                    .copied()
+                    .collect()
+            };
+            let queries: Vec<f32> = gather(0).into_iter().map(|q| q * scale).collect();
+            let keys = Bf16Matrix::new(&gather(1), tokens, head_width);
+            let values = gather(2);
+            let transposed: Vec<f32> = (0..head_width)
+                .flat_map(|d| values.iter().skip(d).step_by(head_width).copied())
+                .collect();
+            let values = Bf16Matrix::new(&transposed, head_width, tokens);
+            let mut context = Vec::with_capacity(tokens * head_width);
+            for block in queries.chunks(QUERY_BLOCK * head_width) {
+                let rows = block.len() / head_width;
+                let mut weights = keys.product(block, rows);
+                weights.chunks_exact_mut(tokens).for_each(softmax);
+                context.extend(values.product(&weights, rows));
+            }
+            context
+        })
+        .collect();
+    let mut context = vec![0f32; tokens * width];
+    for (head, values) in by_head.iter().enumerate() {
+        for (row, head_row) in
+            (context.chunks_exact_mut(width)).zip(values.chunks_exact(head_width))
+        {
+            row[head * head_width..][..head_width].copy_from_slice(head_row);
+        }
+    }
+    context
+}
+
+/// `row` turned into probabilities, in place.
+fn softmax(row: &mut [f32]) {
+    vectorized(
+        #[inline(always)]
+        || softmax_in_place(row),
+    )
+}
+
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) {
+    let max = fast_math::max(row);
+    for v in row.iter_mut() {
+        *v = fast_math::exp(*v - max);
+    }
+    let total = fast_math::sum(row);
+    for v in row.iter_mut() {
+        *v /= total;
     }
 }
 

@@ -106,7 +106,7 @@ impl Whisper {
             let window_frames = WINDOW_FRAMES.min(content_frames - seek);
             let encoded = self
                 .encoder
-                .forward(&mel.window(seek, window_frames, WINDOW_FRAMES));
+                .forward(&mel.window(seek, window_frames, WINDOW_FRAMES))?;
             let language = match &language {
                 Some(code) => code.clone(),
                 None => language.insert(self.detect_language(&encoded)).clone(),
