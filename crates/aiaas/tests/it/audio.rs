@@ -117,6 +117,49 @@ async fn a_clip_is_transcribed_in_every_response_format_and_metered_in_seconds()
 }
 
 #[tokio::test]
+async fn flac_ogg_mp3_and_other_wavs_of_any_rate_and_channels_are_heard_alike() {
+    let server = TestServer::start(&[WHISPER]).await;
+    let folder = server.home.join("encoded");
+    std::fs::create_dir_all(&folder).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/encode_audio.py");
+    let python = std::env::var("AIAAS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(python)
+        .args([script.as_ref(), clip_path().as_os_str(), folder.as_os_str()])
+        .output()
+        .expect("python3 must be installed (scripts/test installs soundfile)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in [
+        "clip.flac",
+        "clip.ogg",
+        "clip.mp3",
+        "clip-u8.wav",
+        "clip-float.wav",
+    ] {
+        let file = std::fs::read(folder.join(name)).unwrap();
+        let (status, body) = send(
+            &server,
+            "/v1/audio/transcriptions",
+            form(file, name, WHISPER, &[]),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        let text = serde_json::from_str::<Value>(&body).unwrap()["text"].clone();
+        // Lossy codecs and resampling may move punctuation, not the words.
+        let words = |t: &str| -> Vec<String> {
+            (t.to_lowercase().split(|c: char| !c.is_alphanumeric()))
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(words(text.as_str().unwrap()), words(CLIP_TEXT), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn bad_audio_and_bad_options_get_clear_client_errors() {
     let server = TestServer::start(&[WHISPER, MINILM]).await;
     let whole = clip();
