@@ -67,7 +67,7 @@ impl ModelRepository {
 
     /// Imports a model under `id` (default: the file or folder name, lower-cased): a GGUF file
     /// (a generator), a sentence-transformers / Hugging Face BERT folder (an embedding model) or a
-    /// CTranslate2 Whisper folder (a speech recognizer).
+    /// CTranslate2 or Hugging Face Whisper folder (a speech recognizer).
     /// Files are hard-linked when on the same file system, copied otherwise.
     pub fn import(
         &self,
@@ -87,7 +87,7 @@ impl ModelRepository {
                 format!("a model with id `{id}` already exists; remove it first or pick --id"),
             ));
         }
-        let (files, mut manifest) = if source.join(whisper::WEIGHTS_FILE).is_file() {
+        let (files, mut manifest) = if whisper::is_whisper_folder(source) {
             describe_whisper_folder(source)?
         } else if source.is_dir() {
             describe_sentence_folder(source)?
@@ -174,10 +174,11 @@ fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mo
     Ok((files, manifest))
 }
 
-/// A CTranslate2 Whisper folder: loaded once to prove it works, then its files and manifest.
+/// A CTranslate2 or Hugging Face Whisper folder: loaded once to prove it works, then its files and manifest.
 fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
     let model = Whisper::load(source)?;
-    let files = whisper::FOLDER_FILES
+    let (weights, folder_files) = whisper::folder_files(source);
+    let files = folder_files
         .iter()
         .filter(|(name, required)| *required || source.join(name).is_file())
         .map(|(name, _)| (source.join(name), name.to_string()))
@@ -185,9 +186,13 @@ fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mod
     let manifest = ModelManifest {
         id: String::new(),
         task: Task::Transcription,
-        format: "ctranslate2".into(),
+        format: match weights {
+            whisper::WEIGHTS_FILE => "ctranslate2",
+            _ => "safetensors",
+        }
+        .into(),
         architecture: "whisper".into(),
-        file: whisper::WEIGHTS_FILE.into(),
+        file: weights.into(),
         context_length: model.max_tokens(),
         dimensions: None,
         parameters: model.parameter_count(),

@@ -134,6 +134,142 @@ fn a_multilingual_model_detects_english_and_translates_it_to_itself() {
     }
 }
 
+/// The CTranslate2 variable `name` under its Hugging Face names (`transformers`'
+/// `WhisperForConditionalGeneration`), split where CTranslate2 fuses projections.
+fn hugging_face_tensors(
+    name: &str,
+    dims: &[usize],
+    values: &[f32],
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let rename = |layer: &str| -> String {
+        let (side, rest) = layer.split_once('/').unwrap();
+        match rest.strip_prefix("layer_") {
+            Some(i) => format!("model.{side}.layers.{i}"),
+            None => format!("model.{side}.{rest}"),
+        }
+    };
+    let split = |prefix: String, projections: &[&str], leaf: &str| {
+        let rows = dims[0] / projections.len();
+        let width = values.len() / dims[0];
+        (projections.iter().enumerate())
+            .filter(|(_, p)| !(leaf == "bias" && **p == "k_proj"))
+            .map(|(i, p)| {
+                let part = values[i * rows * width..(i + 1) * rows * width].to_vec();
+                let shape = if leaf == "bias" {
+                    vec![rows]
+                } else {
+                    vec![rows, width]
+                };
+                (format!("{prefix}.{p}.{leaf}"), shape, part)
+            })
+            .collect()
+    };
+    let one = |hf: String| vec![(hf, dims.to_vec(), values.to_vec())];
+    let leaf = |ct2: &str| match ct2 {
+        "gamma" | "weight" => "weight",
+        _ => "bias",
+    };
+    match parts.as_slice() {
+        [_, "num_heads"] => Vec::new(),
+        [side, "position_encodings", _] => one(format!("model.{side}.embed_positions.weight")),
+        ["decoder", "embeddings", _] => one("model.decoder.embed_tokens.weight".into()),
+        ["decoder", "projection", _] => Vec::new(),
+        [side, "layer_norm", l] => one(format!("model.{side}.layer_norm.{}", leaf(l))),
+        ["encoder", conv, l] => one(format!("model.encoder.{conv}.{}", leaf(l))),
+        [side, layer, block, part, l] => {
+            let hf = rename(&format!("{side}/{layer}"));
+            match (*block, *part) {
+                ("self_attention", "linear_0") => split(
+                    format!("{hf}.self_attn"),
+                    &["q_proj", "k_proj", "v_proj"],
+                    leaf(l),
+                ),
+                ("self_attention", "linear_1") => {
+                    one(format!("{hf}.self_attn.out_proj.{}", leaf(l)))
+                }
+                ("self_attention", "layer_norm") => {
+                    one(format!("{hf}.self_attn_layer_norm.{}", leaf(l)))
+                }
+                ("attention", "linear_0") => one(format!("{hf}.encoder_attn.q_proj.{}", leaf(l))),
+                ("attention", "linear_1") => {
+                    split(format!("{hf}.encoder_attn"), &["k_proj", "v_proj"], leaf(l))
+                }
+                ("attention", "linear_2") => one(format!("{hf}.encoder_attn.out_proj.{}", leaf(l))),
+                ("attention", "layer_norm") => {
+                    one(format!("{hf}.encoder_attn_layer_norm.{}", leaf(l)))
+                }
+                ("ffn", "linear_0") => one(format!("{hf}.fc1.{}", leaf(l))),
+                ("ffn", "linear_1") => one(format!("{hf}.fc2.{}", leaf(l))),
+                ("ffn", "layer_norm") => one(format!("{hf}.final_layer_norm.{}", leaf(l))),
+                other => panic!("unexpected variable {name}: {other:?}"),
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_hugging_face_folder_transcribes_as_the_ctranslate2_one_does() {
+    let (Some(folder), Some(clips)) = (common::model_file("whisper-tiny.en"), clips()) else {
+        return;
+    };
+    // The catalog's CTranslate2 folder rewritten as a Hugging Face one (f16 safetensors).
+    let ct2 = aiaas_models::ctranslate2::Ct2Model::read(&folder.join("model.bin")).unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    for (name, variable) in ct2.variables() {
+        for (hf, dims, values) in hugging_face_tensors(name, &variable.dims, &variable.values) {
+            let tensor =
+                candle_core::Tensor::from_vec(values, dims, &candle_core::Device::Cpu).unwrap();
+            tensors.insert(hf, tensor.to_dtype(candle_core::DType::F16).unwrap());
+        }
+    }
+    let hf = std::env::temp_dir().join(format!("aiaas-hf-whisper-{}", std::process::id()));
+    std::fs::create_dir_all(&hf).unwrap();
+    candle_core::safetensors::save(&tensors, hf.join("model.safetensors")).unwrap();
+    std::fs::copy(folder.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+    let ct2_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+            .unwrap();
+    let config = serde_json::json!({
+        "model_type": "whisper", "encoder_layers": 4, "decoder_layers": 4,
+        "encoder_attention_heads": 6, "decoder_attention_heads": 6,
+        "suppress_tokens": ct2_config["suppress_ids"], "begin_suppress_tokens": null,
+    });
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let generation = serde_json::json!({"begin_suppress_tokens": ct2_config["suppress_ids_begin"]});
+    std::fs::write(hf.join("generation_config.json"), generation.to_string()).unwrap();
+
+    let from_ct2 = Whisper::load(&folder).unwrap();
+    let from_hf = Whisper::load(&hf).unwrap();
+    assert_eq!(from_hf.parameter_count(), from_ct2.parameter_count());
+    let options = TranscribeOptions::default();
+    for case in common::reference("whisper-tiny.en")["cases"]
+        .as_array()
+        .unwrap()
+    {
+        let bytes = std::fs::read(clips.join(case["clip"].as_str().unwrap())).unwrap();
+        let audio = audio::decode(bytes, Some("wav"), SAMPLE_RATE as u32, 600).unwrap();
+        let expected = from_ct2.transcribe(&audio.samples, &options).unwrap();
+        assert_eq!(
+            from_hf.transcribe(&audio.samples, &options).unwrap(),
+            expected
+        );
+    }
+    // And `aiaas models import` takes the folder as a speech model.
+    let repository = aiaas_engine::ModelRepository::open(hf.join("repository")).unwrap();
+    let manifest = repository.import(&hf, Some("whisper-hf"), None).unwrap();
+    assert_eq!(
+        (manifest.task, manifest.format.as_str()),
+        (aiaas_engine::Task::Transcription, "safetensors")
+    );
+    assert!(repository
+        .model_dir(&manifest)
+        .join("generation_config.json")
+        .is_file());
+    std::fs::remove_dir_all(&hf).unwrap();
+}
+
 #[test]
 fn audio_longer_than_a_window_is_transcribed_window_by_window_with_true_times() {
     let (Some(folder), Some(clips)) = (common::model_file("whisper-tiny.en"), clips()) else {

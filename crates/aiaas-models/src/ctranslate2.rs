@@ -83,6 +83,15 @@ impl Ct2Model {
         })
     }
 
+    /// A model of variables read from elsewhere (another format, renamed to CTranslate2's names).
+    pub fn from_variables(spec: &str, variables: HashMap<String, Variable>) -> Self {
+        Self {
+            spec: spec.to_string(),
+            revision: 0,
+            variables,
+        }
+    }
+
     /// The variable `name`, which must have `rank` dimensions.
     pub fn get(&self, name: &str, rank: usize) -> Result<&Variable> {
         let variable = self
@@ -102,6 +111,11 @@ impl Ct2Model {
     pub fn scalar(&self, name: &str) -> Result<i64> {
         let variable = self.get(name, 0)?;
         Ok(variable.values[0] as i64)
+    }
+
+    /// Every variable, by name.
+    pub fn variables(&self) -> impl Iterator<Item = (&str, &Variable)> {
+        self.variables.iter().map(|(name, v)| (name.as_str(), v))
     }
 
     /// Whether a variable of that name exists.

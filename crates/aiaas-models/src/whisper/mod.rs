@@ -9,10 +9,11 @@
 
 mod decoder;
 mod encoder;
+pub mod hugging_face;
 pub mod mel;
 mod transcribe;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -36,15 +37,87 @@ pub const FOLDER_FILES: &[(&str, bool)] = &[
     ("preprocessor_config.json", false),
 ];
 
-/// The `config.json` fields of a CTranslate2 Whisper folder that decoding needs.
+/// The fields of a Whisper folder's configuration that decoding needs, under CTranslate2's
+/// names or Hugging Face's.
 #[derive(Debug, Deserialize)]
 struct Config {
-    #[serde(default)]
+    #[serde(default, alias = "suppress_tokens", deserialize_with = "null_as_empty")]
     suppress_ids: Vec<u32>,
-    #[serde(default)]
+    #[serde(
+        default,
+        alias = "begin_suppress_tokens",
+        deserialize_with = "null_as_empty"
+    )]
     suppress_ids_begin: Vec<u32>,
     #[serde(default)]
     lang_ids: Vec<u32>,
+    /// Hugging Face's language tokens, `{"<|en|>": 50259, ...}`.
+    #[serde(default)]
+    lang_to_id: HashMap<String, u32>,
+}
+
+impl Config {
+    /// Fills what this configuration lacks from `other`.
+    fn merge(&mut self, other: Config) {
+        for (mine, theirs) in [
+            (&mut self.suppress_ids, other.suppress_ids),
+            (&mut self.suppress_ids_begin, other.suppress_ids_begin),
+            (&mut self.lang_ids, other.lang_ids),
+        ] {
+            if mine.is_empty() {
+                *mine = theirs;
+            }
+        }
+        if self.lang_to_id.is_empty() {
+            self.lang_to_id = other.lang_to_id;
+        }
+    }
+
+    /// The language tokens, by either name.
+    fn language_ids(&self) -> Vec<u32> {
+        let mut ids = self.lang_ids.clone();
+        ids.extend(self.lang_to_id.values());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// A list that may be written as `null` (Hugging Face configurations do that).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<u32>, D::Error> {
+    Ok(Option::<Vec<u32>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Whether `folder` holds a Whisper model: a CTranslate2 `model.bin`, or a Hugging Face
+/// `config.json` of `model_type` whisper.
+pub fn is_whisper_folder(folder: &Path) -> bool {
+    #[derive(Deserialize)]
+    struct ModelType {
+        model_type: String,
+    }
+    folder.join(WEIGHTS_FILE).is_file()
+        || read_json::<ModelType>(&folder.join("config.json"))
+            .is_ok_and(|c| c.model_type == "whisper")
+}
+
+/// The files a Whisper folder's import takes, and whether each is required.
+pub fn folder_files(folder: &Path) -> (&'static str, &'static [(&'static str, bool)]) {
+    if folder.join(WEIGHTS_FILE).is_file() {
+        (WEIGHTS_FILE, FOLDER_FILES)
+    } else {
+        (hugging_face::WEIGHTS_FILE, hugging_face::FOLDER_FILES)
+    }
+}
+
+/// A JSON file, parsed.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))
 }
 
 /// The tokens that steer decoding, looked up by name in the tokenizer.
@@ -76,19 +149,24 @@ pub struct Whisper {
 
 impl Whisper {
     /// Reads a CTranslate2 Whisper folder.
+    /// Reads a CTranslate2 Whisper folder (`model.bin`) or a Hugging Face one
+    /// (`model.safetensors`).
     pub fn load(folder: &Path) -> Result<Self> {
-        let model = Ct2Model::read(&folder.join(WEIGHTS_FILE))?;
+        let hugging_face = !folder.join(WEIGHTS_FILE).is_file();
+        let model = match hugging_face {
+            true => hugging_face::read(folder)?,
+            false => Ct2Model::read(&folder.join(WEIGHTS_FILE))?,
+        };
         if model.spec != "WhisperSpec" {
             return Err(ModelError::UnsupportedArchitecture(model.spec));
         }
-        let config_path = folder.join("config.json");
-        let config_text =
-            std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
-                path: config_path.display().to_string(),
-                source,
-            })?;
-        let config: Config = serde_json::from_str(&config_text)
-            .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
+        let mut config: Config = read_json(&folder.join("config.json"))?;
+        // Hugging Face keeps decoding settings in `generation_config.json` too.
+        let generation = folder.join("generation_config.json");
+        if hugging_face && generation.is_file() {
+            let generation: Config = read_json(&generation)?;
+            config.merge(generation);
+        }
         let tokenizer_path = folder.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| ModelError::Format(format!("{}: {e}", tokenizer_path.display())))?;
@@ -114,9 +192,9 @@ impl Whisper {
         let multilingual = decoder.vocabulary() >= 51_865;
         let languages = if multilingual {
             config
-                .lang_ids
-                .iter()
-                .filter_map(|&id| {
+                .language_ids()
+                .into_iter()
+                .filter_map(|id| {
                     let token = tokenizer.id_to_token(id)?;
                     let code = token.strip_prefix("<|")?.strip_suffix("|>")?.to_string();
                     Some((code, id))
@@ -175,6 +253,12 @@ struct Variables<'a>(&'a Ct2Model);
 impl Variables<'_> {
     /// A linear layer; a missing bias (Whisper's key projections) is zeros.
     fn dense(&self, name: &str) -> Result<Dense> {
+        if self.0.contains(&format!("{name}/weight_scale")) {
+            return Err(ModelError::Format(format!(
+                "`{name}` is quantized (int8 with scales); convert the model with \
+                 --quantization float16 or float32"
+            )));
+        }
         let weight = self.0.get(&format!("{name}/weight"), 2)?;
         let (outputs, inputs) = (weight.dims[0], weight.dims[1]);
         let bias = match self.0.contains(&format!("{name}/bias")) {
