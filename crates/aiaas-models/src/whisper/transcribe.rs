@@ -3,6 +3,8 @@
 //! tokens that close segments; the next window starts where the last complete segment ended.
 
 use rand::distr::{weighted::WeightedIndex, Distribution};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 use super::encoder::{OUTPUTS, WINDOW_FRAMES};
 use super::mel::{Mel, HOP, SAMPLE_RATE};
@@ -24,6 +26,13 @@ const NO_SPEECH_THRESHOLD: f32 = 0.6;
 const LOG_PROB_THRESHOLD: f32 = -1.0;
 /// Above this temperature, a window's text is not carried into the next one's prompt.
 const PROMPT_RESET_TEMPERATURE: f32 = 0.5;
+/// The seed of each window's sampling.
+const SAMPLING_SEED: u64 = 0x5EED;
+/// A window's text that compresses better than this (zlib) is a repetition loop.
+const COMPRESSION_RATIO_THRESHOLD: f32 = 2.4;
+/// The temperatures a window is decoded at when the request asks for 0, each tried when the
+/// one before gave a repetition loop or improbable text (OpenAI's and faster-whisper's rule).
+const FALLBACK_TEMPERATURES: [f32; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
 
 /// Transcribe in the spoken language, or translate into English.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,7 +49,8 @@ pub struct TranscribeOptions {
     pub task: Task,
     /// Text that comes before the audio: names, spelling, style.
     pub prompt: Option<String>,
-    /// 0 writes the most probable token each time; above, tokens are sampled.
+    /// 0 writes the most probable token each time, and samples at rising temperatures a window
+    /// whose text loops or is improbable; above 0, tokens are sampled at this temperature.
     pub temperature: f32,
     /// Whether each window's prompt carries the text of the windows before it.
     pub condition_on_previous_text: bool,
@@ -58,6 +68,10 @@ pub struct Segment {
     pub avg_logprob: f32,
     /// The probability that the window holds no speech.
     pub no_speech_prob: f32,
+    /// The temperature the window's text was written at.
+    pub temperature: f32,
+    /// How well the window's text compresses (zlib): high for repetition loops.
+    pub compression_ratio: f32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +96,22 @@ struct Decoded {
     tokens: Vec<u32>,
     avg_logprob: f32,
     no_speech_prob: f32,
+    temperature: f32,
+    compression_ratio: f32,
+}
+
+impl Decoded {
+    /// Whether the window holds no speech: a likely silence whose text is improbable.
+    fn is_silence(&self) -> bool {
+        self.no_speech_prob > NO_SPEECH_THRESHOLD && self.avg_logprob < LOG_PROB_THRESHOLD
+    }
+
+    /// Whether the text should be written again at a higher temperature.
+    fn needs_fallback(&self) -> bool {
+        let poor = self.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+            || self.avg_logprob < LOG_PROB_THRESHOLD;
+        poor && !self.is_silence()
+    }
 }
 
 impl Whisper {
@@ -119,9 +149,10 @@ impl Whisper {
                 prompt.extend_from_slice(&carried[carried.len().saturating_sub(room)..]);
             }
             prompt.extend(self.start_sequence(&language, options.task)?);
-            let decoded = self.decode_window(&encoded, &prompt, options.temperature);
-            if decoded.no_speech_prob > NO_SPEECH_THRESHOLD
-                && (decoded.avg_logprob < LOG_PROB_THRESHOLD || !self.has_words(&decoded.tokens)?)
+            let decoded = self.decode_with_fallback(&encoded, &prompt, options.temperature)?;
+            if decoded.is_silence()
+                || (decoded.no_speech_prob > NO_SPEECH_THRESHOLD
+                    && !self.has_words(&decoded.tokens)?)
             {
                 seek += window_frames;
                 continue;
@@ -146,9 +177,11 @@ impl Whisper {
                     tokens,
                     avg_logprob: decoded.avg_logprob,
                     no_speech_prob: decoded.no_speech_prob,
+                    temperature: decoded.temperature,
+                    compression_ratio: decoded.compression_ratio,
                 });
             }
-            if !options.condition_on_previous_text || options.temperature > PROMPT_RESET_TEMPERATURE
+            if !options.condition_on_previous_text || decoded.temperature > PROMPT_RESET_TEMPERATURE
             {
                 prompt_reset_since = previous.len();
             }
@@ -193,6 +226,40 @@ impl Whisper {
         code.clone()
     }
 
+    /// Decodes a window at `temperature`; at 0, again at each higher fallback temperature while
+    /// the text loops or is improbable, keeping the first good result, or else the most
+    /// probable of those that do not loop (of all, if every one loops).
+    fn decode_with_fallback(
+        &self,
+        encoded: &[f32],
+        prompt: &[u32],
+        temperature: f32,
+    ) -> Result<Decoded> {
+        let temperatures = if temperature == 0.0 {
+            &FALLBACK_TEMPERATURES[..]
+        } else {
+            std::slice::from_ref(&temperature)
+        };
+        let mut tried = Vec::new();
+        for &temperature in temperatures {
+            let mut decoded = self.decode_window(encoded, prompt, temperature);
+            decoded.compression_ratio =
+                compression_ratio(self.decode_text(&decoded.tokens)?.trim());
+            if !decoded.needs_fallback() {
+                return Ok(decoded);
+            }
+            tried.push(decoded);
+        }
+        let not_looping = (tried.iter())
+            .filter(|d| d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD)
+            .count();
+        let best = (tried.into_iter())
+            .filter(|d| not_looping == 0 || d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD)
+            .max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob))
+            .expect("at least one temperature is tried");
+        Ok(best)
+    }
+
     /// Writes one window's tokens after `prompt`, until the end of text or the window's room.
     fn decode_window(&self, encoded: &[f32], prompt: &[u32], temperature: f32) -> Decoded {
         let special = &self.special;
@@ -210,7 +277,8 @@ impl Whisper {
         let mut tokens = Vec::new();
         let mut total_logprob = 0.0;
         let room = self.decoder.max_tokens() - prompt.len();
-        let mut rng = rand::rng();
+        // Seeded: the same audio and options give the same text, sampled or not.
+        let mut rng = StdRng::seed_from_u64(SAMPLING_SEED);
         loop {
             self.constrain(&mut logits, &tokens);
             let logprobs = log_softmax(&logits);
@@ -236,6 +304,9 @@ impl Whisper {
             avg_logprob: total_logprob / (tokens.len() + 1) as f32,
             tokens,
             no_speech_prob,
+            temperature,
+            // Known once the text is decoded (`decode_with_fallback`).
+            compression_ratio: 0.0,
         }
     }
 
@@ -370,6 +441,18 @@ fn split_at_timestamps(
     (pieces, next)
 }
 
+/// The text's length over its zlib-compressed length (as Python's `zlib.compress` at its
+/// default level makes it): a text that repeats itself compresses far better than speech.
+fn compression_ratio(text: &str) -> f32 {
+    use std::io::Write;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(text.as_bytes())
+        .expect("writing to memory");
+    let compressed = encoder.finish().expect("writing to memory");
+    text.len() as f32 / compressed.len() as f32
+}
+
 fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, v) in values.iter().enumerate() {
@@ -402,6 +485,18 @@ mod tests {
     use super::*;
 
     const BEGIN: u32 = 100;
+
+    #[test]
+    fn repetition_loops_compress_far_better_than_speech() {
+        let speech = "He might even have been made amiable himself.";
+        assert!(
+            compression_ratio(speech) < 1.2,
+            "{}",
+            compression_ratio(speech)
+        );
+        let looping = "I'm going to go to the store. ".repeat(10);
+        assert!(compression_ratio(&looping) > COMPRESSION_RATIO_THRESHOLD);
+    }
 
     #[test]
     fn closed_segments_are_cut_at_timestamp_pairs() {

@@ -255,7 +255,9 @@ fn respond(transcription: &Transcription, format: Format, task: Task) -> Respons
                         "end": round_ms(s.end),
                         "text": s.text,
                         "tokens": s.tokens,
+                        "temperature": s.temperature,
                         "avg_logprob": s.avg_logprob,
+                        "compression_ratio": s.compression_ratio,
                         "no_speech_prob": s.no_speech_prob,
                     })
                 })
