@@ -21,6 +21,8 @@ pub enum AudioError {
     Unrecognized,
     #[error("the file holds no audio track")]
     NoAudioTrack,
+    #[error("the audio track holds no samples")]
+    NoSamples,
     #[error("unsupported audio codec: {0}")]
     UnsupportedCodec(String),
     #[error("the audio is damaged or truncated: {0}")]
@@ -128,16 +130,24 @@ fn decode_mono(
         let channels = spec.channels().count().max(1);
         rate = Some(spec.rate());
         buffer.copy_to_vec_interleaved(&mut interleaved);
-        mono.extend(
-            interleaved
-                .chunks_exact(channels)
-                .map(|frame| frame.iter().sum::<f32>() / channels as f32),
-        );
+        // Float files can carry NaN or infinite samples, which would poison every feature
+        // after them: they are heard as silence.
+        mono.extend((interleaved.chunks_exact(channels)).map(|frame| {
+            let mixed = frame.iter().sum::<f32>() / channels as f32;
+            if mixed.is_finite() {
+                mixed
+            } else {
+                0.0
+            }
+        }));
         if mono.len() as u64 > max_seconds * u64::from(spec.rate()) {
             return Err(AudioError::TooLong { limit: max_seconds });
         }
     }
     let rate = rate.filter(|&r| r > 0).ok_or(AudioError::NoAudioTrack)?;
+    if mono.is_empty() {
+        return Err(AudioError::NoSamples);
+    }
     Ok((mono, rate))
 }
 
@@ -244,5 +254,15 @@ mod tests {
         }
         let long = decode(whole, Some("wav"), 16_000, 0).unwrap_err();
         assert_eq!(long, AudioError::TooLong { limit: 0 });
+        let no_samples = decode(wav(1, 16, 1, 16_000, &[]), Some("wav"), 16_000, 60);
+        assert_eq!(no_samples.unwrap_err(), AudioError::NoSamples);
+    }
+
+    #[test]
+    fn non_finite_float_samples_are_heard_as_silence() {
+        let samples = [0.25f32, f32::NAN, f32::INFINITY, -0.25];
+        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let audio = decode(wav(3, 32, 1, 16_000, &data), Some("wav"), 16_000, 60).unwrap();
+        assert_eq!(audio.samples, [0.25, 0.0, 0.0, -0.25]);
     }
 }
