@@ -153,11 +153,7 @@ fn describe_gguf(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest
 /// A sentence-transformers folder: loaded once to prove it works, then its files and manifest.
 fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
     let encoder = SentenceEncoder::load(source)?;
-    let files = sentence::FOLDER_FILES
-        .iter()
-        .filter(|(name, required)| *required || source.join(name).is_file())
-        .map(|(name, _)| (source.join(name), name.to_string()))
-        .collect();
+    let files = folder_files(source, sentence::FOLDER_FILES);
     let manifest = ModelManifest {
         id: String::new(),
         task: Task::Embedding,
@@ -174,15 +170,12 @@ fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mo
     Ok((files, manifest))
 }
 
-/// A CTranslate2 or Hugging Face Whisper folder: loaded once to prove it works, then its files and manifest.
+/// A CTranslate2 or Hugging Face Whisper folder: loaded once to prove it works, then its files
+/// and manifest.
 fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
     let model = Whisper::load(source)?;
-    let (weights, folder_files) = whisper::folder_files(source);
-    let files = folder_files
-        .iter()
-        .filter(|(name, required)| *required || source.join(name).is_file())
-        .map(|(name, _)| (source.join(name), name.to_string()))
-        .collect();
+    let (weights, names) = whisper::folder_files(source);
+    let files = folder_files(source, names);
     let manifest = ModelManifest {
         id: String::new(),
         task: Task::Transcription,
@@ -201,6 +194,14 @@ fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mod
         source: None,
     };
     Ok((files, manifest))
+}
+
+/// The files of a model folder to import: the required ones and the optional ones present.
+fn folder_files(source: &Path, names: &[(&str, bool)]) -> Vec<(PathBuf, String)> {
+    (names.iter())
+        .filter(|(name, required)| *required || source.join(name).is_file())
+        .map(|(name, _)| (source.join(name), name.to_string()))
+        .collect()
 }
 
 fn unix_now() -> u64 {
