@@ -14,8 +14,8 @@ use crate::metrics::ModelMetrics;
 use crate::{EngineError, ModelManifest, Result};
 
 /// The longest audio one request may carry, decoded (OpenAI's 25 MB upload of compressed
-/// audio holds a few hours at most).
-pub const MAX_AUDIO_SECONDS: u64 = 4 * 60 * 60;
+/// audio can hold hours): two hours keep one request's samples and features near 2 GB at most.
+pub const MAX_AUDIO_SECONDS: u64 = 2 * 60 * 60;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TranscribeLimits {

@@ -29,7 +29,16 @@ pub enum AudioError {
     Damaged(String),
     #[error("the audio is longer than the limit of {limit} s")]
     TooLong { limit: u64 },
+    #[error("a sample rate of {0} Hz is outside the supported 1,000–384,000 Hz")]
+    UnsupportedRate(u32),
 }
+
+/// The sample rates a file may have: beyond these lie crafted headers (a resampler from a rate
+/// sharing no factor with the target would need memory in proportion to the rate).
+const RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
+/// Samples kept per second of the limit, whatever the file's rate: what a 48 kHz recording
+/// needs. A file of a higher rate may be proportionally shorter; memory stays bounded.
+const SAMPLES_PER_LIMIT_SECOND: u64 = 48_000;
 
 /// Mono samples in [-1, 1] at the rate asked for.
 #[derive(Debug, Clone)]
@@ -128,19 +137,24 @@ fn decode_mono(
         };
         let spec = buffer.spec();
         let channels = spec.channels().count().max(1);
+        if !RATES.contains(&spec.rate()) {
+            return Err(AudioError::UnsupportedRate(spec.rate()));
+        }
         rate = Some(spec.rate());
         buffer.copy_to_vec_interleaved(&mut interleaved);
         // Float files can carry NaN or infinite samples, which would poison every feature
-        // after them: they are heard as silence.
+        // after them: they are heard as silence; samples beyond full scale are clipped, as a
+        // converter would.
         mono.extend((interleaved.chunks_exact(channels)).map(|frame| {
             let mixed = frame.iter().sum::<f32>() / channels as f32;
             if mixed.is_finite() {
-                mixed
+                mixed.clamp(-1.0, 1.0)
             } else {
                 0.0
             }
         }));
-        if mono.len() as u64 > max_seconds * u64::from(spec.rate()) {
+        let limit = max_seconds * u64::from(spec.rate()).min(SAMPLES_PER_LIMIT_SECOND);
+        if mono.len() as u64 > limit {
             return Err(AudioError::TooLong { limit: max_seconds });
         }
     }
@@ -180,7 +194,7 @@ mod tests {
         out.extend(format.to_le_bytes());
         out.extend(channels.to_le_bytes());
         out.extend(rate.to_le_bytes());
-        out.extend((rate * u32::from(block)).to_le_bytes());
+        out.extend(rate.wrapping_mul(u32::from(block)).to_le_bytes());
         out.extend(block.to_le_bytes());
         out.extend(bits.to_le_bytes());
         out.extend(b"data");
@@ -259,10 +273,18 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_float_samples_are_heard_as_silence() {
-        let samples = [0.25f32, f32::NAN, f32::INFINITY, -0.25];
+    fn non_finite_float_samples_are_silence_and_loud_ones_are_clipped() {
+        let samples = [0.25f32, f32::NAN, f32::INFINITY, -0.25, 1e30];
         let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
         let audio = decode(wav(3, 32, 1, 16_000, &data), Some("wav"), 16_000, 60).unwrap();
-        assert_eq!(audio.samples, [0.25, 0.0, 0.0, -0.25]);
+        assert_eq!(audio.samples, [0.25, 0.0, 0.0, -0.25, 1.0]);
+    }
+
+    #[test]
+    fn a_crafted_sample_rate_is_refused_before_any_work() {
+        let data = 1000i16.to_le_bytes();
+        let file = wav(1, 16, 1, 4_294_967_291, &data);
+        let error = decode(file, Some("wav"), 16_000, 60).unwrap_err();
+        assert_eq!(error, AudioError::UnsupportedRate(4_294_967_291));
     }
 }

@@ -42,6 +42,13 @@ pub struct Encoder {
 impl Encoder {
     pub fn load(model: &Ct2Model) -> Result<Self> {
         let v = Variables(model);
+        let mel_bins = model.get("encoder/conv1/weight", 3)?.dims[1];
+        if mel_bins != MEL_BINS {
+            // large-v3 and its distillations hear 128 mel bins.
+            return Err(ModelError::UnsupportedArchitecture(format!(
+                "whisper with {mel_bins} mel bins (supported: {MEL_BINS})"
+            )));
+        }
         let conv1 = v.convolution("encoder/conv1")?;
         let width = conv1.outputs();
         let conv2 = v.convolution("encoder/conv2")?;

@@ -190,9 +190,14 @@ impl Whisper {
         let decoder = TextDecoder::load(&model)?;
         // An English-only model's vocabulary ends before the first language token's place.
         let multilingual = decoder.vocabulary() >= 51_865;
+        // Language tokens from the configuration, else (a Hugging Face folder without its
+        // generation_config.json) the vocabulary's run of them after the start of transcript.
+        let mut language_ids = config.language_ids();
+        if language_ids.is_empty() {
+            language_ids = (special.start_of_transcript + 1..special.translate).collect();
+        }
         let languages = if multilingual {
-            config
-                .language_ids()
+            language_ids
                 .into_iter()
                 .filter_map(|id| {
                     let token = tokenizer.id_to_token(id)?;

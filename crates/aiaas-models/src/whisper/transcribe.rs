@@ -171,8 +171,8 @@ impl Whisper {
                 }
                 previous.extend_from_slice(&tokens);
                 segments.push(Segment {
-                    start: time_offset + start as f64 * TIME_PRECISION,
-                    end: time_offset + end as f64 * TIME_PRECISION,
+                    start: time_offset + start,
+                    end: time_offset + end,
                     text,
                     tokens,
                     avg_logprob: decoded.avg_logprob,
@@ -253,10 +253,13 @@ impl Whisper {
         let not_looping = (tried.iter())
             .filter(|d| d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD)
             .count();
-        let best = (tried.into_iter())
+        let mut best = (tried.into_iter())
             .filter(|d| not_looping == 0 || d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD)
             .max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob))
             .expect("at least one temperature is tried");
+        // As faster-whisper: the window counts as written at the last temperature tried, so
+        // that its doubtful text is not carried into the next window's prompt.
+        best.temperature = *temperatures.last().expect("at least one temperature");
         Ok(best)
     }
 
@@ -374,10 +377,15 @@ impl Whisper {
         Ok(self.decode_text(tokens)?.chars().any(char::is_alphanumeric))
     }
 
+    /// The tokens of a prompt's text; special tokens typed into it are left out, so that a
+    /// prompt cannot end the text or move the start of the transcript.
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = (self.tokenizer.encode(text, false))
             .map_err(|e| ModelError::Format(format!("tokenizing the prompt: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+        let text_tokens = encoding.get_ids().iter().copied();
+        Ok(text_tokens
+            .filter(|&t| t < self.special.end_of_text)
+            .collect())
     }
 
     /// The text of `tokens`, timestamps and control tokens left out.
@@ -392,7 +400,7 @@ impl Whisper {
 }
 
 /// A window's tokens cut into segments at each pair of timestamps: `(start, end, tokens)`
-/// with times in timestamp steps from the window's start; and where the next window starts.
+/// with times in seconds from the window's start; and where the next window starts.
 /// When the text ends inside a segment, that segment is dropped and the next window starts at
 /// its opening timestamp, to hear it whole.
 fn split_at_timestamps(
@@ -400,8 +408,9 @@ fn split_at_timestamps(
     seek: usize,
     window_frames: usize,
     timestamp_begin: u32,
-) -> (Vec<(u32, u32, Vec<u32>)>, usize) {
+) -> (Vec<(f64, f64, Vec<u32>)>, usize) {
     let is_timestamp = |t: u32| t >= timestamp_begin;
+    let seconds = |t: u32| t.saturating_sub(timestamp_begin) as f64 * TIME_PRECISION;
     let single_timestamp_ending = tokens.len() >= 2
         && !is_timestamp(tokens[tokens.len() - 2])
         && is_timestamp(tokens[tokens.len() - 1]);
@@ -415,10 +424,9 @@ fn split_at_timestamps(
             .rev()
             .copied()
             .find(|&t| is_timestamp(t) && t != timestamp_begin);
-        let end = last.map_or((window_frames / FRAMES_PER_TIMESTAMP) as u32, |t| {
-            t - timestamp_begin
-        });
-        return (vec![(0, end, tokens.to_vec())], seek + window_frames);
+        let window_seconds = (window_frames * HOP) as f64 / SAMPLE_RATE as f64;
+        let end = last.map_or(window_seconds, seconds);
+        return (vec![(0.0, end, tokens.to_vec())], seek + window_frames);
     }
     if single_timestamp_ending {
         cuts.push(tokens.len());
@@ -427,9 +435,11 @@ fn split_at_timestamps(
     let mut from = 0;
     for &cut in &cuts {
         let piece = &tokens[from..cut];
-        let start = piece[0].saturating_sub(timestamp_begin);
-        let end = piece[piece.len() - 1].saturating_sub(timestamp_begin);
-        pieces.push((start, end, piece.to_vec()));
+        pieces.push((
+            seconds(piece[0]),
+            seconds(piece[piece.len() - 1]),
+            piece.to_vec(),
+        ));
         from = cut;
     }
     let next = if single_timestamp_ending {
@@ -504,8 +514,8 @@ mod tests {
         let tokens = [BEGIN, 1, 2, BEGIN + 50, BEGIN + 50, 3, BEGIN + 125];
         let (pieces, next) = split_at_timestamps(&tokens, 0, 3000, BEGIN);
         assert_eq!(pieces.len(), 2);
-        assert_eq!((pieces[0].0, pieces[0].1), (0, 50));
-        assert_eq!((pieces[1].0, pieces[1].1), (50, 125));
+        assert_eq!((pieces[0].0, pieces[0].1), (0.0, 1.0));
+        assert_eq!((pieces[1].0, pieces[1].1), (1.0, 2.5));
         assert_eq!(next, 3000);
     }
 
@@ -514,7 +524,7 @@ mod tests {
         // <0.00> a <4.00><4.00> b (cut off): the next window starts at 4 s.
         let tokens = [BEGIN, 1, BEGIN + 200, BEGIN + 200, 2];
         let (pieces, next) = split_at_timestamps(&tokens, 1000, 3000, BEGIN);
-        assert_eq!(pieces, vec![(0, 200, vec![BEGIN, 1, BEGIN + 200])]);
+        assert_eq!(pieces, vec![(0.0, 4.0, vec![BEGIN, 1, BEGIN + 200])]);
         assert_eq!(next, 1000 + 400);
     }
 }
