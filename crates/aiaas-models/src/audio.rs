@@ -130,11 +130,7 @@ fn decode_mono(
         if packet.track_id != track_id {
             continue;
         }
-        let buffer = match decoder.decode(&packet) {
-            Ok(buffer) => buffer,
-            Err(SymphoniaError::DecodeError(e)) => return Err(AudioError::Damaged(e.to_string())),
-            Err(e) => return Err(AudioError::Damaged(e.to_string())),
-        };
+        let buffer = (decoder.decode(&packet)).map_err(|e| AudioError::Damaged(e.to_string()))?;
         let spec = buffer.spec();
         let channels = spec.channels().count().max(1);
         if !RATES.contains(&spec.rate()) {

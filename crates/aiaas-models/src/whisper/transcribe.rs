@@ -242,9 +242,7 @@ impl Whisper {
         };
         let mut tried = Vec::new();
         for &temperature in temperatures {
-            let mut decoded = self.decode_window(encoded, prompt, temperature);
-            decoded.compression_ratio =
-                compression_ratio(self.decode_text(&decoded.tokens)?.trim());
+            let decoded = self.decode_window(encoded, prompt, temperature)?;
             if !decoded.needs_fallback() {
                 return Ok(decoded);
             }
@@ -264,7 +262,7 @@ impl Whisper {
     }
 
     /// Writes one window's tokens after `prompt`, until the end of text or the window's room.
-    fn decode_window(&self, encoded: &[f32], prompt: &[u32], temperature: f32) -> Decoded {
+    fn decode_window(&self, encoded: &[f32], prompt: &[u32], temperature: f32) -> Result<Decoded> {
         let special = &self.special;
         let mut state = self.decoder.start(encoded);
         let hidden = self.decoder.step(&mut state, prompt);
@@ -283,8 +281,7 @@ impl Whisper {
         // Seeded: the same audio and options give the same text, sampled or not.
         let mut rng = StdRng::seed_from_u64(SAMPLING_SEED);
         loop {
-            self.constrain(&mut logits, &tokens);
-            let logprobs = log_softmax(&logits);
+            let logprobs = self.constrain(&mut logits, &tokens);
             let token = if temperature > 0.0 {
                 let max = fast_math::max(&logits);
                 let weights = logits.iter().map(|l| ((l - max) / temperature).exp());
@@ -303,14 +300,13 @@ impl Whisper {
             let hidden = self.decoder.step(&mut state, &[token]);
             logits = self.decoder.logits(&hidden);
         }
-        Decoded {
+        Ok(Decoded {
             avg_logprob: total_logprob / (tokens.len() + 1) as f32,
+            compression_ratio: compression_ratio(self.decode_text(&tokens)?.trim()),
             tokens,
             no_speech_prob,
             temperature,
-            // Known once the text is decoded (`decode_with_fallback`).
-            compression_ratio: 0.0,
-        }
+        })
     }
 
     /// Sets to minus infinity the scores of tokens that may not come next: suppressed tokens,
@@ -318,7 +314,8 @@ impl Whisper {
     /// with a timestamp of at most 1 s; timestamps come in pairs that close a segment and open
     /// the next, and never go back; when timestamps together are likelier than any text token,
     /// a timestamp comes next).
-    fn constrain(&self, logits: &mut [f32], written: &[u32]) {
+    /// Returns the log-probabilities of what remains allowed.
+    fn constrain(&self, logits: &mut [f32], written: &[u32]) -> Vec<f32> {
         let SpecialTokens {
             end_of_text,
             no_timestamps,
@@ -369,7 +366,9 @@ impl Whisper {
         let timestamps = log_sum_exp(&logprobs[begin..]);
         if timestamps > fast_math::max(&logprobs[..begin]) {
             logits[..begin].fill(f32::NEG_INFINITY);
+            return log_softmax(logits);
         }
+        logprobs
     }
 
     /// Whether the text of `tokens` holds a letter or a digit.
