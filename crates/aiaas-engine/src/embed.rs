@@ -1,19 +1,12 @@
-//! Embedding models: a loaded sentence encoder and the worker thread that batches every
-//! caller's inputs together by a token budget.
-//!
-//! Requests arriving together share forward passes: the worker drains its queue, fills one
-//! packed batch with up to `batch_tokens` tokens taken from the waiting requests in arrival
-//! order (a request larger than the budget spans several batches), and sends each caller its own
-//! vectors, in its own order, once all of them are done. Packing means no padding, so mixing
-//! short and long inputs wastes nothing.
+//! Embedding models: a loaded sentence encoder behind a batch queue (`batch_queue`) that packs
+//! every caller's inputs together by a token budget. Packing means no padding, so mixing short
+//! and long inputs wastes nothing.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use aiaas_models::SentenceEncoder;
-use tokio::sync::{mpsc, oneshot};
 
+use crate::batch_queue::{BatchModel, BatchQueue};
 use crate::in_use::InUse;
 use crate::metrics::ModelMetrics;
 use crate::{EngineError, ModelManifest, Result};
@@ -48,16 +41,8 @@ pub enum EmbedInput {
 pub struct LoadedEmbedder {
     pub manifest: ModelManifest,
     encoder: Arc<SentenceEncoder>,
-    queue_depth: prometheus::IntGauge,
     in_use: InUse,
-    jobs: mpsc::Sender<EmbedJob>,
-    /// Declared after `jobs`, so the channel closes (and the thread ends) before the join.
-    _worker: WorkerThread,
-}
-
-struct EmbedJob {
-    sequences: Vec<Vec<u32>>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
+    batches: BatchQueue<EncoderBatches>,
 }
 
 impl LoadedEmbedder {
@@ -69,24 +54,18 @@ impl LoadedEmbedder {
     ) -> Result<Self> {
         let started = std::time::Instant::now();
         let encoder = Arc::new(SentenceEncoder::load(dir)?);
-        let (jobs, receiver) = mpsc::channel(limits.max_queued.max(1));
-        let batcher = Batcher {
+        let batches = EncoderBatches {
             encoder: encoder.clone(),
-            metrics: metrics.clone(),
-            batch_tokens: limits.batch_tokens.max(encoder.settings.max_tokens),
+            prompt_tokens: metrics.prompt_tokens.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("embed-{}", manifest.id))
-            .spawn(move || batcher.run(receiver))
-            .map_err(EngineError::io("starting the embedding worker"))?;
+        let budget = limits.batch_tokens.max(encoder.settings.max_tokens);
+        let batches = BatchQueue::start(&manifest.id, batches, budget, limits.max_queued, metrics)?;
         tracing::info!(model = %manifest.id, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
         Ok(Self {
             manifest,
             encoder,
-            queue_depth: metrics.queue_depth,
             in_use: InUse::default(),
-            jobs,
-            _worker: WorkerThread(Some(thread)),
+            batches,
         })
     }
 
@@ -109,14 +88,7 @@ impl LoadedEmbedder {
     /// Queues tokenized inputs for the batching worker and waits for their vectors, in order.
     pub async fn embed(&self, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
         let _in_use = self.in_use.enter();
-        let (reply, receiver) = oneshot::channel();
-        self.jobs
-            .try_send(EmbedJob { sequences, reply })
-            .map_err(|_| EngineError::Overloaded(self.manifest.id.clone()))?;
-        self.queue_depth.inc();
-        receiver
-            .await
-            .map_err(|_| EngineError::Internal("the embedding worker stopped".into()))?
+        self.batches.run(sequences).await
     }
 }
 
@@ -183,118 +155,24 @@ fn tokenize(encoder: &SentenceEncoder, input: EmbedInput) -> Result<Vec<Vec<u32>
     Ok(sequences)
 }
 
-/// A request in the worker: its sequences, how many are embedded so far, and their vectors.
-struct InFlight {
-    job: EmbedJob,
-    next: usize,
-    vectors: Vec<Vec<f32>>,
-    failed: bool,
-}
-
-struct Batcher {
+/// The encoder as the batching worker drives it: sequences cost their tokens.
+struct EncoderBatches {
     encoder: Arc<SentenceEncoder>,
-    metrics: ModelMetrics,
-    batch_tokens: usize,
+    prompt_tokens: prometheus::IntCounter,
 }
 
-impl Batcher {
-    fn run(self, mut receiver: mpsc::Receiver<EmbedJob>) {
-        let mut waiting: VecDeque<InFlight> = VecDeque::new();
-        loop {
-            if waiting.is_empty() {
-                match receiver.blocking_recv() {
-                    Some(job) => waiting.push_back(InFlight::new(job)),
-                    None => return,
-                }
-            }
-            while let Ok(job) = receiver.try_recv() {
-                waiting.push_back(InFlight::new(job));
-            }
-            // A caller that went away needs no vectors.
-            waiting.retain(|w| {
-                let gone = w.job.reply.is_closed();
-                if gone {
-                    self.metrics.queue_depth.dec();
-                }
-                !gone
-            });
-            self.step(&mut waiting);
-        }
+impl BatchModel for EncoderBatches {
+    type Item = Vec<u32>;
+    type Output = Vec<f32>;
+
+    fn cost(&self, sequence: &Vec<u32>) -> usize {
+        sequence.len()
     }
 
-    /// Runs one packed batch and replies to every request it completes.
-    fn step(&self, waiting: &mut VecDeque<InFlight>) {
-        let mut picked: Vec<(usize, usize)> = Vec::new();
-        let mut tokens = 0;
-        'fill: for (w, request) in waiting.iter().enumerate() {
-            for s in request.next..request.job.sequences.len() {
-                let len = request.job.sequences[s].len();
-                if tokens > 0 && tokens + len > self.batch_tokens {
-                    break 'fill;
-                }
-                picked.push((w, s));
-                tokens += len;
-            }
-        }
-        self.metrics.batch_size.observe(picked.len() as f64);
-        self.metrics.prompt_tokens.inc_by(tokens as u64);
-        let batch: Vec<&[u32]> = picked
-            .iter()
-            .map(|&(w, s)| waiting[w].job.sequences[s].as_slice())
-            .collect();
-        match self.encoder.embed(&batch) {
-            Ok(vectors) => {
-                for ((w, _), vector) in picked.into_iter().zip(vectors) {
-                    waiting[w].vectors.push(vector);
-                    waiting[w].next += 1;
-                }
-            }
-            Err(e) => {
-                tracing::error!("embedding batch failed: {e}");
-                for &(w, _) in &picked {
-                    waiting[w].failed = true;
-                }
-            }
-        }
-        let mut still_waiting = VecDeque::with_capacity(waiting.len());
-        for request in waiting.drain(..) {
-            let done = request.failed || request.next == request.job.sequences.len();
-            if done {
-                self.metrics.queue_depth.dec();
-            }
-            if request.failed {
-                let _ = request.job.reply.send(Err(EngineError::Internal(
-                    "the embedding batch failed".into(),
-                )));
-            } else if request.next == request.job.sequences.len() {
-                let _ = request.job.reply.send(Ok(request.vectors));
-            } else {
-                still_waiting.push_back(request);
-            }
-        }
-        *waiting = still_waiting;
-    }
-}
-
-impl InFlight {
-    fn new(job: EmbedJob) -> Self {
-        let capacity = job.sequences.len();
-        Self {
-            job,
-            next: 0,
-            vectors: Vec::with_capacity(capacity),
-            failed: false,
-        }
-    }
-}
-
-/// Joins the worker thread on drop; the thread ends once every sender is gone.
-struct WorkerThread(Option<JoinHandle<()>>);
-
-impl Drop for WorkerThread {
-    fn drop(&mut self) {
-        if let Some(thread) = self.0.take() {
-            let _ = thread.join();
-        }
+    fn run(&self, sequences: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let tokens: usize = sequences.iter().map(|s| s.len()).sum();
+        self.prompt_tokens.inc_by(tokens as u64);
+        let batch: Vec<&[u32]> = sequences.iter().map(|s| s.as_slice()).collect();
+        Ok(self.encoder.embed(&batch)?)
     }
 }

@@ -4,24 +4,29 @@
 //! that owns the sequences in flight and advances them step by step; callers talk to it through a
 //! bounded channel and receive events back. `residency` decides which models are in memory.
 
+mod batch_queue;
 pub mod catalog;
 pub mod chat_template;
+pub mod classify;
 pub mod embed;
 pub mod fetch;
 pub mod generate;
 mod in_use;
 pub mod manifest;
 pub mod metrics;
+pub mod phonemize;
 pub mod registry;
 pub mod repository;
 pub mod residency;
 pub mod transcribe;
 
+pub use classify::LoadedClassifier;
 pub use embed::{EmbedInput, LoadedEmbedder};
 pub use generate::LoadedGenerator;
 pub use manifest::{ModelManifest, Task};
 pub use metrics::EngineMetrics;
-pub use registry::Engine;
+pub use phonemize::LoadedPhonemizer;
+pub use registry::{Engine, Loaded};
 pub use repository::ModelRepository;
 pub use residency::{set_release_hook, ModelState, ModelStatus, ResidencyPolicy};
 pub use transcribe::{LoadedTranscriber, TranscriptionJob};

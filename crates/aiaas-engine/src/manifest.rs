@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use aiaas_models::vision::ImagePreprocessing;
 use serde::{Deserialize, Serialize};
 
 use crate::{EngineError, Result};
@@ -20,6 +21,10 @@ pub enum Task {
     Embedding,
     /// A speech recognizer: `/v1/audio/transcriptions` (and, multilingual, `/translations`).
     Transcription,
+    /// An image classifier: `/v1/images/classifications`.
+    ImageClassification,
+    /// English words to ARPAbet phonemes (g2p): the inference protocol's `/v2` routes.
+    GraphemeToPhoneme,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +47,12 @@ pub struct ModelManifest {
     /// The catalog entry it was fetched from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A classifier's class names, one a line in class order (a file in the model's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// How an image classifier's input images are prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<ImagePreprocessing>,
 }
 
 impl ModelManifest {

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::classify::LoadedClassifier;
 use crate::embed::{EmbedLimits, LoadedEmbedder};
 use crate::generate::{LoadedGenerator, WorkerLimits};
 use crate::metrics::ModelMetrics;
+use crate::phonemize::LoadedPhonemizer;
 use crate::residency::{
     choose_evictions, release_all, LoadOutcome, LoadedModel, ModelState, ModelStatus, Next,
     ResidencyPolicy, Shortfall, Slot,
@@ -164,6 +166,33 @@ impl Engine {
             LoadedModel::Transcriber(transcriber) => Ok(transcriber),
             other => Err(wrong_model(id, &other, "a speech recognition")),
         }
+    }
+
+    /// The loaded image classifier for `id`, loading it if needed.
+    pub async fn classifier(&self, id: &str) -> Result<Arc<LoadedClassifier>> {
+        match self.acquire(id, Some(self.policy.load_wait)).await? {
+            LoadedModel::Classifier(classifier) => Ok(classifier),
+            other => Err(wrong_model(id, &other, "an image classification")),
+        }
+    }
+
+    /// The loaded grapheme-to-phoneme model for `id`, loading it if needed.
+    pub async fn phonemizer(&self, id: &str) -> Result<Arc<LoadedPhonemizer>> {
+        match self.acquire(id, Some(self.policy.load_wait)).await? {
+            LoadedModel::Phonemizer(phonemizer) => Ok(phonemizer),
+            other => Err(wrong_model(id, &other, "a grapheme-to-phoneme")),
+        }
+    }
+
+    /// Any model, loaded if needed: what the inference protocol's routes serve.
+    pub async fn any(&self, id: &str) -> Result<Loaded> {
+        Ok(match self.acquire(id, Some(self.policy.load_wait)).await? {
+            LoadedModel::Generator(model) => Loaded::Generator(model),
+            LoadedModel::Embedder(model) => Loaded::Embedder(model),
+            LoadedModel::Transcriber(model) => Loaded::Transcriber(model),
+            LoadedModel::Classifier(model) => Loaded::Classifier(model),
+            LoadedModel::Phonemizer(model) => Loaded::Phonemizer(model),
+        })
     }
 
     /// Loads `id` if it is not in memory, waiting as long as that takes.
@@ -388,6 +417,15 @@ impl Engine {
     }
 }
 
+/// A loaded model of any kind, for routes that serve every task.
+pub enum Loaded {
+    Generator(Arc<LoadedGenerator>),
+    Embedder(Arc<LoadedEmbedder>),
+    Transcriber(Arc<LoadedTranscriber>),
+    Classifier(Arc<LoadedClassifier>),
+    Phonemizer(Arc<LoadedPhonemizer>),
+}
+
 /// The error for a request that names a model of another kind than its route serves.
 fn wrong_model(id: &str, loaded: &LoadedModel, wanted: &str) -> EngineError {
     let (is, routes) = match loaded {
@@ -397,6 +435,11 @@ fn wrong_model(id: &str, loaded: &LoadedModel, wanted: &str) -> EngineError {
         ),
         LoadedModel::Embedder(_) => ("an embedding model", "/v1/embeddings"),
         LoadedModel::Transcriber(_) => ("a speech recognition model", "/v1/audio/transcriptions"),
+        LoadedModel::Classifier(_) => (
+            "an image classification model",
+            "/v1/images/classifications",
+        ),
+        LoadedModel::Phonemizer(_) => ("a grapheme-to-phoneme model", "/v2/models/{id}/infer"),
     };
     EngineError::invalid(
         "model",
@@ -439,6 +482,14 @@ impl LoadJob {
                 self.metrics,
             )
             .map(|t| LoadedModel::Transcriber(Arc::new(t))),
+            Task::ImageClassification => {
+                LoadedClassifier::load(self.manifest, &self.dir, self.metrics)
+                    .map(|c| LoadedModel::Classifier(Arc::new(c)))
+            }
+            Task::GraphemeToPhoneme => {
+                LoadedPhonemizer::load(self.manifest, &self.dir, self.metrics)
+                    .map(|p| LoadedModel::Phonemizer(Arc::new(p)))
+            }
             Task::Chat | Task::Completion => {
                 LoadedGenerator::load(self.manifest, &self.weights, self.limits, self.metrics)
                     .map(|g| LoadedModel::Generator(Arc::new(g)))

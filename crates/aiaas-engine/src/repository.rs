@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aiaas_models::g2p::G2p;
+use aiaas_models::vision::EfficientNet;
 use aiaas_models::{sentence, whisper, GgufFile, SentenceEncoder, Whisper};
 
 use crate::manifest::{ModelManifest, Task, MANIFEST_FILE};
@@ -66,8 +68,10 @@ impl ModelRepository {
     }
 
     /// Imports a model under `id` (default: the file or folder name, lower-cased): a GGUF file
-    /// (a generator), a sentence-transformers / Hugging Face BERT folder (an embedding model) or a
-    /// CTranslate2 or Hugging Face Whisper folder (a speech recognizer).
+    /// (a generator), a sentence-transformers / Hugging Face BERT folder (an embedding model), a
+    /// CTranslate2 or Hugging Face Whisper folder (a speech recognizer), an EfficientNet-Lite
+    /// PyTorch checkpoint or a folder holding one and its labels (an image classifier), or a
+    /// g2p-en `.npz` checkpoint (grapheme to phoneme).
     /// Files are hard-linked when on the same file system, copied otherwise.
     pub fn import(
         &self,
@@ -89,6 +93,10 @@ impl ModelRepository {
         }
         let (files, mut manifest) = if whisper::is_whisper_folder(source) {
             describe_whisper_folder(source)?
+        } else if let Some(checkpoint) = classifier_checkpoint(source)? {
+            describe_classifier(source, &checkpoint)?
+        } else if has_extension(source, "npz") {
+            describe_g2p(source)?
         } else if source.is_dir() {
             describe_sentence_folder(source)?
         } else {
@@ -104,9 +112,15 @@ impl ModelRepository {
             let parent = target.parent().expect("staged files have a parent");
             std::fs::create_dir_all(parent)
                 .map_err(EngineError::io(format!("creating {}", parent.display())))?;
-            if std::fs::hard_link(from, &target).is_err() {
-                std::fs::copy(from, &target)
-                    .map_err(EngineError::io(format!("copying {}", from.display())))?;
+            match from {
+                Staged::Link(from) => {
+                    if std::fs::hard_link(from, &target).is_err() {
+                        std::fs::copy(from, &target)
+                            .map_err(EngineError::io(format!("copying {}", from.display())))?;
+                    }
+                }
+                Staged::Text(text) => std::fs::write(&target, text)
+                    .map_err(EngineError::io(format!("writing {}", target.display())))?,
             }
         }
         manifest.write(&staging.join(MANIFEST_FILE))?;
@@ -125,8 +139,17 @@ impl ModelRepository {
     }
 }
 
+/// A file of an import: linked (or copied) from the source, or made by the import.
+enum Staged {
+    Link(PathBuf),
+    Text(String),
+}
+
+/// What an import puts in the model's folder (each with its name there), and its manifest.
+type Described = (Vec<(Staged, String)>, ModelManifest);
+
 /// A GGUF generator: the file to copy and its manifest (id and origin filled in by the caller).
-fn describe_gguf(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
+fn describe_gguf(source: &Path) -> Result<Described> {
     let summary = GgufFile::open(source)?.summary()?;
     aiaas_models::transformer::Architecture::parse(&summary.architecture)?;
     let file = "model.gguf".to_string();
@@ -146,12 +169,14 @@ fn describe_gguf(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest
         quantization: summary.quantization,
         created: unix_now(),
         source: None,
+        labels: None,
+        preprocessing: None,
     };
-    Ok((vec![(source.to_path_buf(), file)], manifest))
+    Ok((vec![(Staged::Link(source.to_path_buf()), file)], manifest))
 }
 
 /// A sentence-transformers folder: loaded once to prove it works, then its files and manifest.
-fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
+fn describe_sentence_folder(source: &Path) -> Result<Described> {
     let encoder = SentenceEncoder::load(source)?;
     let files = folder_files(source, sentence::FOLDER_FILES);
     let manifest = ModelManifest {
@@ -166,13 +191,15 @@ fn describe_sentence_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mo
         quantization: "F32".into(),
         created: unix_now(),
         source: None,
+        labels: None,
+        preprocessing: None,
     };
     Ok((files, manifest))
 }
 
 /// A CTranslate2 or Hugging Face Whisper folder: loaded once to prove it works, then its files
 /// and manifest.
-fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, ModelManifest)> {
+fn describe_whisper_folder(source: &Path) -> Result<Described> {
     let model = Whisper::load(source)?;
     let (weights, names) = whisper::folder_files(source);
     let files = folder_files(source, names);
@@ -192,15 +219,156 @@ fn describe_whisper_folder(source: &Path) -> Result<(Vec<(PathBuf, String)>, Mod
         quantization: "F16".into(),
         created: unix_now(),
         source: None,
+        labels: None,
+        preprocessing: None,
     };
     Ok((files, manifest))
 }
 
+/// An EfficientNet-Lite image classifier: the checkpoint, its class names (see `labels`) and
+/// the manifest, with the preprocessing the network was trained with.
+fn describe_classifier(source: &Path, checkpoint: &Path) -> Result<Described> {
+    let network = EfficientNet::load(checkpoint)?;
+    let file = "model.pth".to_string();
+    let mut files = vec![(Staged::Link(checkpoint.to_path_buf()), file.clone())];
+    let labels = if source.is_dir() {
+        labels(source, network.classes())?
+    } else {
+        None
+    };
+    let labels = labels.map(|text| {
+        files.push((Staged::Text(text), LABELS_FILE.to_string()));
+        LABELS_FILE.to_string()
+    });
+    let manifest = ModelManifest {
+        id: String::new(),
+        task: Task::ImageClassification,
+        format: "pytorch".into(),
+        architecture: "efficientnet-lite".into(),
+        file,
+        context_length: 0,
+        dimensions: Some(network.classes()),
+        parameters: network.parameters(),
+        quantization: "F32".into(),
+        created: unix_now(),
+        source: None,
+        labels,
+        preprocessing: Some(network.preprocessing()),
+    };
+    Ok((files, manifest))
+}
+
+/// The class names an image classifier's folder gives, one a line in class order: its
+/// `labels.txt`, or ImageNet's synset list with the synsets' names (the first of each synset's
+/// names, as timm ships them).
+fn labels(folder: &Path, classes: usize) -> Result<Option<String>> {
+    let read = |name: &str| {
+        let path = folder.join(name);
+        std::fs::read_to_string(&path)
+            .map_err(EngineError::io(format!("reading {}", path.display())))
+    };
+    let lines = if folder.join(LABELS_FILE).is_file() {
+        read(LABELS_FILE)?
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    } else if folder.join(IMAGENET_SYNSETS).is_file() {
+        let names = read(IMAGENET_NAMES)?;
+        let names: std::collections::HashMap<&str, &str> = names
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .collect();
+        (read(IMAGENET_SYNSETS)?.split_whitespace())
+            .map(|synset| {
+                let name = names.get(synset).ok_or_else(|| {
+                    EngineError::invalid(
+                        "labels",
+                        format!("{IMAGENET_NAMES} has no name for {synset}"),
+                    )
+                })?;
+                Ok(name.split(',').next().unwrap_or(name).trim().to_string())
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        return Ok(None);
+    };
+    if lines.len() != classes {
+        return Err(EngineError::invalid(
+            "labels",
+            format!(
+                "{} labels for a network with {classes} classes",
+                lines.len()
+            ),
+        ));
+    }
+    Ok(Some(lines.join("\n") + "\n"))
+}
+
+/// The class names file of an imported classifier.
+const LABELS_FILE: &str = "labels.txt";
+/// ImageNet-1k's synset ids in class order, and their names, as timm ships them.
+const IMAGENET_SYNSETS: &str = "imagenet_synsets.txt";
+const IMAGENET_NAMES: &str = "imagenet_synset_to_lemma.txt";
+
+/// The PyTorch checkpoint of an image classifier: the file itself, or the one `.pth` in a
+/// folder.
+fn classifier_checkpoint(source: &Path) -> Result<Option<PathBuf>> {
+    if !source.is_dir() {
+        return Ok(has_extension(source, "pth").then(|| source.to_path_buf()));
+    }
+    let entries = std::fs::read_dir(source)
+        .map_err(EngineError::io(format!("listing {}", source.display())))?;
+    let checkpoints: Vec<PathBuf> = (entries.flatten())
+        .map(|entry| entry.path())
+        .filter(|path| has_extension(path, "pth"))
+        .collect();
+    match checkpoints.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err(EngineError::invalid(
+            "source",
+            format!(
+                "{} holds several .pth checkpoints; import one",
+                source.display()
+            ),
+        )),
+    }
+}
+
+/// A g2p-en grapheme-to-phoneme checkpoint.
+fn describe_g2p(source: &Path) -> Result<Described> {
+    let model = G2p::load(source)?;
+    let file = "model.npz".to_string();
+    let manifest = ModelManifest {
+        id: String::new(),
+        task: Task::GraphemeToPhoneme,
+        format: "npz".into(),
+        architecture: "g2p-gru".into(),
+        file: file.clone(),
+        context_length: aiaas_models::g2p::MAX_WORD_CHARS,
+        dimensions: None,
+        parameters: model.parameters(),
+        quantization: "F32".into(),
+        created: unix_now(),
+        source: None,
+        labels: None,
+        preprocessing: None,
+    };
+    Ok((vec![(Staged::Link(source.to_path_buf()), file)], manifest))
+}
+
+fn has_extension(path: &Path, extension: &str) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case(extension))
+}
+
 /// The files of a model folder to import: the required ones and the optional ones present.
-fn folder_files(source: &Path, names: &[(&str, bool)]) -> Vec<(PathBuf, String)> {
+fn folder_files(source: &Path, names: &[(&str, bool)]) -> Vec<(Staged, String)> {
     (names.iter())
         .filter(|(name, required)| *required || source.join(name).is_file())
-        .map(|(name, _)| (source.join(name), name.to_string()))
+        .map(|(name, _)| (Staged::Link(source.join(name)), name.to_string()))
         .collect()
 }
 

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::classify::LoadedClassifier;
 use crate::embed::LoadedEmbedder;
 use crate::generate::LoadedGenerator;
 use crate::in_use::InUse;
+use crate::phonemize::LoadedPhonemizer;
 use crate::transcribe::LoadedTranscriber;
 use crate::ModelManifest;
 
@@ -65,6 +67,8 @@ pub(crate) enum LoadedModel {
     Generator(Arc<LoadedGenerator>),
     Embedder(Arc<LoadedEmbedder>),
     Transcriber(Arc<LoadedTranscriber>),
+    Classifier(Arc<LoadedClassifier>),
+    Phonemizer(Arc<LoadedPhonemizer>),
 }
 
 impl LoadedModel {
@@ -73,6 +77,8 @@ impl LoadedModel {
             Self::Generator(generator) => generator.in_use(),
             Self::Embedder(embedder) => embedder.in_use(),
             Self::Transcriber(transcriber) => transcriber.in_use(),
+            Self::Classifier(classifier) => classifier.in_use(),
+            Self::Phonemizer(phonemizer) => phonemizer.in_use(),
         }
     }
 
@@ -87,6 +93,8 @@ impl LoadedModel {
             }
             Self::Embedder(embedder) => drop(embedder),
             Self::Transcriber(transcriber) => drop(transcriber),
+            Self::Classifier(classifier) => drop(classifier),
+            Self::Phonemizer(phonemizer) => drop(phonemizer),
         }
     }
 }

@@ -10,12 +10,16 @@ mod bf16_matmul;
 pub mod ctranslate2;
 mod dense;
 mod fast_math;
+pub mod g2p;
 pub mod gguf;
 mod int8_matmul;
 mod linear;
+pub mod npz;
 pub mod sentence;
 pub mod tokenizer;
+pub mod torch_legacy;
 pub mod transformer;
+pub mod vision;
 pub mod whisper;
 
 pub use bert::{BertConfig, BertEncoder, Pooling};
@@ -34,7 +38,7 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not a usable GGUF file: {0}")]
+    #[error("not a usable model file: {0}")]
     Format(String),
     #[error("unsupported architecture `{0}` (supported: llama, qwen2, gemma3, bert)")]
     UnsupportedArchitecture(String),

@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 prompt_tokens: 30,
                 completion_tokens: 12,
                 audio_seconds: 0.0,
+                images: 0,
                 status: 200,
                 latency_ms: 5,
             })

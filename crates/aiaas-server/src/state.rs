@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aiaas_engine::{Engine, LoadedGenerator};
+use aiaas_engine::{Engine, LoadedGenerator, ModelManifest};
 
 use crate::api::ApiError;
 use crate::gate::{Keys, Limiter};
@@ -37,6 +37,15 @@ impl AppState {
 
     /// The generator for `model` if the key may use it. A model outside the key's scope is
     /// reported exactly like a missing one, so keys cannot probe what exists.
+    /// The manifest of a model the key may use (`ModelNotFound` otherwise, as for a model
+    /// that does not exist).
+    pub fn manifest_for(&self, key: &KeyRecord, model: &str) -> Result<ModelManifest, ApiError> {
+        if !key.allows_model(model) {
+            return Err(aiaas_engine::EngineError::ModelNotFound(model.to_string()).into());
+        }
+        Ok(self.engine.manifest(model)?)
+    }
+
     pub async fn generator_for(
         &self,
         key: &KeyRecord,

@@ -208,8 +208,8 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model id in the repository, a GGUF file, a sentence-transformers folder or a
-    /// CTranslate2 Whisper folder.
+    /// Model id in the repository, a GGUF file, a sentence-transformers folder, a
+    /// CTranslate2 Whisper folder or an EfficientNet-Lite checkpoint (`.pth`).
     pub model: String,
     /// Prompt tokens processed in one pass (like llama-bench's pp).
     #[arg(long, default_value_t = 512)]
@@ -223,10 +223,25 @@ pub struct BenchArgs {
     /// Embedding models: a file with one sentence per line.
     #[arg(long)]
     pub sentences: Option<std::path::PathBuf>,
-    /// Embedding models: sentences per batch, each measured in turn.
-    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    /// Embedding and image models: inputs per batch, each measured in turn (embeddings
+    /// default to 1,32,256; images to 1,16).
+    #[arg(long, value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
     /// Speech models: a folder of audio clips (WAV, FLAC, MP3, OGG).
     #[arg(long)]
     pub audio: Option<std::path::PathBuf>,
+    /// Image models: a photo to classify (a grey picture otherwise).
+    #[arg(long)]
+    pub image: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// The batch sizes asked for, or the model kind's defaults.
+    pub fn batch_sizes_or(&self, defaults: &[usize]) -> Vec<usize> {
+        if self.batch_sizes.is_empty() {
+            defaults.to_vec()
+        } else {
+            self.batch_sizes.clone()
+        }
+    }
 }

@@ -2,19 +2,19 @@
 //! audio API takes it (a multipart form: `file`, `model`, `language`, `prompt`, `temperature`,
 //! `response_format`) and answers it (`json`, `text`, `srt`, `vtt`, `verbose_json`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use aiaas_engine::transcribe::Transcription;
-use aiaas_engine::{EngineError, TranscriptionJob};
+use aiaas_engine::{EngineError, LoadedTranscriber, TranscriptionJob};
 use aiaas_models::whisper::{Task, TranscribeOptions};
-use axum::extract::multipart::MultipartError;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Value};
 
-use super::params::AppMultipart;
+use super::params::{multipart_error, AppMultipart};
 use super::ApiError;
 use crate::gate::{Meter, Metered};
 use crate::store::KeyRecord;
@@ -122,15 +122,31 @@ async fn run(
         return Err(EngineError::ModelNotFound(request.model).into());
     }
     let transcriber = state.engine.transcriber(&request.model).await?;
-    // Billed by the audio's length, known once decoded: nothing is reserved ahead, but a key
-    // past its limits is refused here.
-    let reservation = state.limiter.reserve(state.store(), &key, 0).await?;
-    let meter = Meter::new(&state, &key, &request.model, route, started);
     let job = TranscriptionJob {
         file: request.file,
         extension: request.extension,
         options: request.options.clone(),
     };
+    let transcription = transcribe_metered(&state, &key, transcriber, job, route, started).await?;
+    let mut response = respond(&transcription, request.format, request.options.task);
+    response.extensions_mut().insert(Metered);
+    response.extensions_mut().insert(ModelLabel(request.model));
+    Ok(response)
+}
+
+/// Transcribes an upload, billed to `key` by the audio's length on `route`.
+pub(super) async fn transcribe_metered(
+    state: &AppState,
+    key: &KeyRecord,
+    transcriber: Arc<LoadedTranscriber>,
+    job: TranscriptionJob,
+    route: &str,
+    started: Instant,
+) -> Result<Transcription, ApiError> {
+    // Billed by the audio's length, known once decoded: nothing is reserved ahead, but a key
+    // past its limits is refused here.
+    let reservation = state.limiter.reserve(state.store(), key, 0).await?;
+    let meter = Meter::new(state, key, &transcriber.manifest.id, route, started);
     // The work and its usage row run in their own task: a client that leaves early is still
     // billed for the audio the model heard, and the row is never lost.
     let work = tokio::spawn(async move {
@@ -144,12 +160,8 @@ async fn run(
         }
         transcription
     });
-    let transcription = (work.await)
-        .map_err(|e| EngineError::Internal(format!("the transcription task failed: {e}")))??;
-    let mut response = respond(&transcription, request.format, request.options.task);
-    response.extensions_mut().insert(Metered);
-    response.extensions_mut().insert(ModelLabel(request.model));
-    Ok(response)
+    Ok((work.await)
+        .map_err(|e| EngineError::Internal(format!("the transcription task failed: {e}")))??)
 }
 
 fn text_tokens(transcription: &Transcription) -> i64 {
@@ -171,7 +183,7 @@ async fn read_form(
         condition_on_previous_text: true,
         ..Default::default()
     };
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" {
             if file.is_some() {
@@ -181,7 +193,7 @@ async fn read_form(
                 .and_then(|n| n.rsplit_once('.'))
                 .map(|(_, extension)| extension.to_ascii_lowercase());
             let mut bytes = Vec::new();
-            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+            while let Some(chunk) = field.chunk().await.map_err(form_error)? {
                 if bytes.len() + chunk.len() > MAX_AUDIO_BYTES {
                     return Err(ApiError::PayloadTooLarge(MAX_AUDIO_BYTES));
                 }
@@ -190,7 +202,7 @@ async fn read_form(
             file = Some((bytes, extension));
             continue;
         }
-        let value = field.text().await.map_err(multipart_error)?;
+        let value = field.text().await.map_err(form_error)?;
         match name.as_str() {
             "model" => model = Some(value),
             "language" if !value.is_empty() => options.language = Some(value.to_lowercase()),
@@ -221,17 +233,6 @@ async fn read_form(
         format,
         options,
     })
-}
-
-fn multipart_error(error: MultipartError) -> ApiError {
-    if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(MAX_AUDIO_BYTES)
-    } else {
-        ApiError::invalid(
-            "file",
-            format!("invalid multipart body: {}", error.body_text()),
-        )
-    }
 }
 
 fn respond(transcription: &Transcription, format: Format, task: Task) -> Response {
@@ -306,6 +307,10 @@ fn timestamp(seconds: f64, separator: char) -> String {
     let ms = (seconds.max(0.0) * 1000.0).round() as u64;
     let (h, m, s, ms) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     format!("{h:02}:{m:02}:{s:02}{separator}{ms:03}")
+}
+
+fn form_error(error: axum::extract::multipart::MultipartError) -> ApiError {
+    multipart_error(error, MAX_AUDIO_BYTES, "file")
 }
 
 #[cfg(test)]

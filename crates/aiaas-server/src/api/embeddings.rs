@@ -1,8 +1,9 @@
 //! `POST /v1/embeddings`: vectors for texts or token lists, as floats or base64.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use aiaas_engine::{EmbedInput, EngineError};
+use aiaas_engine::{EmbedInput, EngineError, LoadedEmbedder};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -80,24 +81,7 @@ pub async fn create(
     };
     let sequences = embedder.tokenize(input).await?;
     let prompt_tokens: usize = sequences.iter().map(Vec::len).sum();
-    let amount = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
-    let reservation = state.limiter.reserve(state.store(), &key, amount).await?;
-    let meter = Meter::new(&state, &key, &request.model, ROUTE, started);
-    // The work and its usage row run in their own task: a client that leaves early is still
-    // billed for what the worker computed, and the row is never lost.
-    let work = tokio::spawn(async move {
-        let vectors = embedder.embed(sequences).await;
-        if vectors.is_ok() {
-            if let Err(e) = meter.record(amount, 0, 200).await {
-                tracing::error!("could not record usage: {e}");
-            }
-            reservation.settle(amount);
-        }
-        vectors
-    });
-    let vectors = work
-        .await
-        .map_err(|e| EngineError::Internal(format!("the embedding task failed: {e}")))??;
+    let vectors = embed_metered(&state, &key, embedder, sequences, ROUTE, started).await?;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -119,6 +103,36 @@ pub async fn create(
     response.extensions_mut().insert(Metered);
     response.extensions_mut().insert(ModelLabel(request.model));
     Ok(response)
+}
+
+/// Embeds tokenized inputs, billed to `key` as prompt tokens on `route`.
+pub(super) async fn embed_metered(
+    state: &AppState,
+    key: &KeyRecord,
+    embedder: Arc<LoadedEmbedder>,
+    sequences: Vec<Vec<u32>>,
+    route: &str,
+    started: Instant,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let prompt_tokens: usize = sequences.iter().map(Vec::len).sum();
+    let amount = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
+    let reservation = state.limiter.reserve(state.store(), key, amount).await?;
+    let meter = Meter::new(state, key, &embedder.manifest.id, route, started);
+    // The work and its usage row run in their own task: a client that leaves early is still
+    // billed for what the worker computed, and the row is never lost.
+    let work = tokio::spawn(async move {
+        let vectors = embedder.embed(sequences).await;
+        if vectors.is_ok() {
+            if let Err(e) = meter.record(amount, 0, 200).await {
+                tracing::error!("could not record usage: {e}");
+            }
+            reservation.settle(amount);
+        }
+        vectors
+    });
+    let vectors = (work.await)
+        .map_err(|e| EngineError::Internal(format!("the embedding task failed: {e}")))??;
+    Ok(vectors)
 }
 
 fn encode(vector: &[f32], encoding: Encoding) -> Value {

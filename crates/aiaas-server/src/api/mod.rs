@@ -11,6 +11,8 @@ mod error;
 mod files;
 mod generation;
 mod health;
+mod images;
+mod inference;
 mod json;
 mod models;
 mod openapi;
@@ -49,6 +51,10 @@ pub fn router(state: AppState, max_body_bytes: usize, log_request_bodies: bool) 
         .routes(routes!(audio::transcriptions))
         .routes(routes!(audio::translations))
         .layer(DefaultBodyLimit::max(audio::MAX_AUDIO_BYTES + 64 * 1024));
+    let images = OpenApiRouter::new()
+        .routes(routes!(images::classify))
+        .layer(DefaultBodyLimit::max(images::MAX_REQUEST_BYTES))
+        .layer(axum::Extension(BodyLimit(images::MAX_REQUEST_BYTES)));
     let v1 = OpenApiRouter::new()
         .routes(routes!(models::list))
         .routes(routes!(models::retrieve))
@@ -56,7 +62,8 @@ pub fn router(state: AppState, max_body_bytes: usize, log_request_bodies: bool) 
         .routes(routes!(completions::create))
         .routes(routes!(embeddings::create))
         .merge(files)
-        .merge(audio);
+        .merge(audio)
+        .merge(images);
     let v1 = if log_request_bodies {
         v1.route_layer(middleware::from_fn(telemetry::log_request_body))
     } else {
@@ -68,6 +75,23 @@ pub fn router(state: AppState, max_body_bytes: usize, log_request_bodies: bool) 
             state.clone(),
             gate::require_key,
         ));
+    // The Open Inference Protocol: health and server metadata open, the rest keyed.
+    let v2_keyed = OpenApiRouter::new()
+        .routes(routes!(inference::model_metadata))
+        .routes(routes!(inference::model_ready))
+        .routes(routes!(inference::infer))
+        .layer(DefaultBodyLimit::max(inference::MAX_REQUEST_BYTES))
+        .layer(axum::Extension(BodyLimit(inference::MAX_REQUEST_BYTES)))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gate::require_key,
+        ));
+    let v2 = OpenApiRouter::new()
+        .routes(routes!(inference::server_metadata))
+        .routes(routes!(inference::live))
+        .routes(routes!(inference::ready))
+        .merge(v2_keyed)
+        .layer(middleware::map_response(inference::protocol_errors));
     let admin = OpenApiRouter::new()
         .routes(routes!(admin::list_keys, admin::create_key))
         .routes(routes!(admin::revoke_key))
@@ -91,6 +115,7 @@ pub fn router(state: AppState, max_body_bytes: usize, log_request_bodies: bool) 
     let (routes, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1.route_layer(track()))
         .nest("/admin", admin.route_layer(track()))
+        .nest("/v2", v2.route_layer(track()))
         .merge(open.route_layer(track()))
         .split_for_parts();
     openapi::add_keys_and_errors(&mut document);

@@ -13,6 +13,7 @@ use utoipa::openapi::{
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
+use super::inference::ProtocolErrorBody;
 
 /// The name of the bearer-key security scheme in the document.
 const KEY_SCHEME: &str = "api_key";
@@ -21,11 +22,12 @@ const KEY_SCHEME: &str = "api_key";
 #[openapi(
     info(
         title = "aiaas",
-        description = "AI models as a service: OpenAI-compatible chat, completions and \
-                       embeddings over keys with limits and usage, plus administration and \
-                       operations routes."
+        description = "AI models as a service: OpenAI-compatible chat, completions, \
+                       embeddings, speech and image classification over keys with limits and \
+                       usage, the Open Inference Protocol (KServe v2) for every model, plus \
+                       administration and operations routes."
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, ProtocolErrorBody))
 )]
 pub struct ApiDoc;
 
@@ -39,8 +41,8 @@ pub async fn document(Extension(Served(document)): Extension<Served>) -> Json<Ar
     Json(document)
 }
 
-/// Adds, to every operation under `/v1` and `/admin`, the key it needs and the errors it can
-/// answer with (each in OpenAI's error shape).
+/// Adds, to every operation under `/v1`, `/admin` and `/v2/models`, the key it needs and the
+/// errors it can answer with (in OpenAI's error shape; under `/v2`, the protocol's).
 pub fn add_keys_and_errors(document: &mut Document) {
     document
         .components
@@ -51,9 +53,15 @@ pub fn add_keys_and_errors(document: &mut Document) {
         );
     for (path, item) in document.paths.paths.iter_mut() {
         let admin = path.starts_with("/admin/");
-        if !admin && !path.starts_with("/v1/") {
+        let protocol = path.starts_with("/v2/models/");
+        if !admin && !protocol && !path.starts_with("/v1/") {
             continue;
         }
+        let body = if protocol {
+            "ProtocolErrorBody"
+        } else {
+            "ErrorBody"
+        };
         let operations = [
             &mut item.get,
             &mut item.post,
@@ -70,7 +78,7 @@ pub fn add_keys_and_errors(document: &mut Document) {
                     .responses
                     .responses
                     .entry(status.to_string())
-                    .or_insert_with(|| error_response(description).into());
+                    .or_insert_with(|| error_response(description, body).into());
             }
         }
     }
@@ -92,13 +100,13 @@ fn errors(admin: bool) -> Vec<(u16, &'static str)> {
     errors
 }
 
-fn error_response(description: &str) -> utoipa::openapi::Response {
+fn error_response(description: &str, body: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(description)
         .content(
             "application/json",
             ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .schema(Some(Ref::from_schema_name(body)))
                 .build(),
         )
         .build()

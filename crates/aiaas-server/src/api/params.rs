@@ -1,7 +1,7 @@
 //! Path, query and multipart extractors whose failures are OpenAI-shaped 400s (axum's own
 //! answer in plain text, which clients and the API document do not expect).
 
-use axum::extract::multipart::MultipartRejection;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Multipart, Request};
 
@@ -22,6 +22,18 @@ impl<S: Send + Sync> FromRequest<S> for AppMultipart {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         Ok(Self(Multipart::from_request(request, state).await?))
+    }
+}
+
+/// A multipart body that could not be read: 413 past `limit` bytes, else a 400 naming `param`.
+pub fn multipart_error(error: MultipartError, limit: usize, param: &'static str) -> ApiError {
+    if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(limit)
+    } else {
+        ApiError::invalid(
+            param,
+            format!("invalid multipart body: {}", error.body_text()),
+        )
     }
 }
 

@@ -47,7 +47,7 @@ impl Meter {
         completion_tokens: i64,
         status: u16,
     ) -> Result<(), StoreError> {
-        self.insert(prompt_tokens, completion_tokens, 0.0, status)
+        self.insert(prompt_tokens, completion_tokens, 0.0, 0, status)
             .await
     }
 
@@ -58,7 +58,12 @@ impl Meter {
         text_tokens: i64,
         status: u16,
     ) -> Result<(), StoreError> {
-        self.insert(0, text_tokens, audio_seconds, status).await
+        self.insert(0, text_tokens, audio_seconds, 0, status).await
+    }
+
+    /// An image request's row: the images classified.
+    pub async fn record_images(&self, images: i64, status: u16) -> Result<(), StoreError> {
+        self.insert(0, 0, 0.0, images, status).await
     }
 
     async fn insert(
@@ -66,6 +71,7 @@ impl Meter {
         prompt_tokens: i64,
         completion_tokens: i64,
         audio_seconds: f64,
+        images: i64,
         status: u16,
     ) -> Result<(), StoreError> {
         self.store
@@ -77,6 +83,7 @@ impl Meter {
                 prompt_tokens,
                 completion_tokens,
                 audio_seconds,
+                images,
                 status,
                 latency_ms: self.started.elapsed().as_millis() as i64,
             })

@@ -45,6 +45,8 @@ pub struct UsageRecord {
     pub completion_tokens: i64,
     /// The length of the audio a speech request carried; 0 for others.
     pub audio_seconds: f64,
+    /// The images an image request classified; 0 for others.
+    pub images: i64,
     pub status: u16,
     pub latency_ms: i64,
 }
@@ -58,6 +60,7 @@ struct UsageRow {
     prompt_tokens: i64,
     completion_tokens: i64,
     audio_seconds: f64,
+    images: i64,
     status: i64,
     latency_ms: i64,
 }
@@ -90,6 +93,8 @@ pub struct UsageGroup {
     pub completion_tokens: i64,
     /// Seconds of audio transcribed or translated.
     pub audio_seconds: f64,
+    /// Images classified.
+    pub images: i64,
     pub errors: i64,
     pub latency_p50_ms: i64,
     pub latency_p99_ms: i64,
@@ -290,8 +295,8 @@ impl Store {
     pub async fn insert_usage(&self, usage: &UsageRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO usage_records (key_id, model, route, created_at, prompt_tokens, \
-             completion_tokens, audio_seconds, status, latency_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             completion_tokens, audio_seconds, images, status, latency_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&usage.key_id)
         .bind(&usage.model)
@@ -300,6 +305,7 @@ impl Store {
         .bind(usage.prompt_tokens)
         .bind(usage.completion_tokens)
         .bind(usage.audio_seconds)
+        .bind(usage.images)
         .bind(i32::from(usage.status))
         .bind(usage.latency_ms)
         .execute(self.pool())
@@ -324,8 +330,8 @@ impl Store {
     /// latencies, which keeps the SQL portable.
     pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageGroup>> {
         let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT key_id, model, created_at, prompt_tokens, completion_tokens, audio_seconds, status, \
-             latency_ms \
+            "SELECT key_id, model, created_at, prompt_tokens, completion_tokens, audio_seconds, \
+             images, status, latency_ms \
              FROM usage_records WHERE ($1 IS NULL OR key_id = $1) AND ($2 IS NULL OR model = $2) \
              AND created_at >= $3 ORDER BY created_at",
         )
@@ -358,6 +364,7 @@ impl Store {
                     prompt_tokens: rows.iter().map(|r| r.prompt_tokens).sum(),
                     completion_tokens: rows.iter().map(|r| r.completion_tokens).sum(),
                     audio_seconds: rows.iter().map(|r| r.audio_seconds).sum(),
+                    images: rows.iter().map(|r| r.images).sum(),
                     errors: rows.iter().filter(|r| r.status >= 400).count() as i64,
                     latency_p50_ms: percentile(&latencies, 50),
                     latency_p99_ms: percentile(&latencies, 99),

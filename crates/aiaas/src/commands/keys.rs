@@ -163,24 +163,26 @@ pub async fn usage(args: UsageArgs, settings: &Settings) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32} {:>9} {:>14} {:>17} {:>13} {:>7} {:>9} {:>9}",
+        "{:<32} {:>9} {:>14} {:>17} {:>13} {:>7} {:>7} {:>9} {:>9}",
         "GROUP",
         "REQUESTS",
         "PROMPT TOKENS",
         "COMPLETION TOKENS",
         "AUDIO SECONDS",
+        "IMAGES",
         "ERRORS",
         "P50 MS",
         "P99 MS"
     );
     for g in groups {
         println!(
-            "{:<32} {:>9} {:>14} {:>17} {:>13.1} {:>7} {:>9} {:>9}",
+            "{:<32} {:>9} {:>14} {:>17} {:>13.1} {:>7} {:>7} {:>9} {:>9}",
             g.group,
             g.requests,
             g.prompt_tokens,
             g.completion_tokens,
             g.audio_seconds,
+            g.images,
             g.errors,
             g.latency_p50_ms,
             g.latency_p99_ms

@@ -7,6 +7,8 @@ mod embeddings;
 mod errors;
 mod files;
 mod generation;
+mod images;
+mod inference;
 mod lifecycle;
 mod limits;
 mod metrics;

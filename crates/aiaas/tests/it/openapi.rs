@@ -17,6 +17,7 @@ const ROUTES: &[&str] = &[
     "/v1/embeddings",
     "/v1/audio/transcriptions",
     "/v1/audio/translations",
+    "/v1/images/classifications",
     "/v1/files",
     "/v1/files/{file_id}",
     "/v1/files/{file_id}/content",
@@ -31,6 +32,12 @@ const ROUTES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{id}",
+    "/v2/models/{id}/ready",
+    "/v2/models/{id}/infer",
 ];
 
 #[tokio::test]

@@ -28,7 +28,7 @@ pub fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     println!("threads: {threads}");
     println!("| batch | sentences/s |");
     println!("| ----- | ----------- |");
-    for &batch in &args.batch_sizes {
+    for batch in args.batch_sizes_or(&[1, 32, 256]) {
         let mut rates = Vec::new();
         for _ in 0..args.repetitions.max(1) {
             let started = Instant::now();

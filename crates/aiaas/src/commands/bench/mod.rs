@@ -1,6 +1,7 @@
 //! `aiaas bench MODEL`: throughput of one model in this process, without HTTP, printed as a
 //! Markdown table that `bench/` scripts set beside the reference implementations' figures.
 
+mod classification;
 mod embedding;
 mod generation;
 mod transcription;
@@ -12,12 +13,15 @@ use aiaas_engine::{ModelRepository, Task};
 use crate::cli::BenchArgs;
 use crate::config::Settings;
 
-/// Benchmarks a repository model by id, a GGUF file, a sentence-transformers folder or a
-/// CTranslate2 Whisper folder.
+/// Benchmarks a repository model by id, a GGUF file, a sentence-transformers folder, a
+/// CTranslate2 Whisper folder or an EfficientNet-Lite checkpoint.
 pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     let given = PathBuf::from(&args.model);
     if given.join(aiaas_models::whisper::WEIGHTS_FILE).is_file() {
         return transcription::run(args, &given);
+    }
+    if given.extension().is_some_and(|e| e == "pth") {
+        return classification::run(args, &given);
     }
     if given.is_dir() {
         return embedding::run(args, &given);
@@ -31,6 +35,8 @@ pub fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         Task::Embedding => embedding::run(args, &repository.model_dir(&manifest)),
         Task::Chat | Task::Completion => generation::run(args, &repository.weights_path(&manifest)),
         Task::Transcription => transcription::run(args, &repository.model_dir(&manifest)),
+        Task::ImageClassification => classification::run(args, &repository.weights_path(&manifest)),
+        Task::GraphemeToPhoneme => anyhow::bail!("`{}` has no benchmark", args.model),
     }
 }
 

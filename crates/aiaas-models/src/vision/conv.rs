@@ -1,0 +1,459 @@
+//! The convolutions of mobile networks on channels-last (NHWC) activations, batch norm already
+//! folded into their weights and biases: pointwise (1×1) convolutions as matrix products of
+//! the pixels by the weights (bf16 operands, f32 sums: `bf16_matmul`), the stem's full 3×3
+//! convolution as the same product on unrolled patches, and depthwise convolutions as loops
+//! over the channels, which the compiler vectorizes. Each pixel is computed the same way
+//! whatever the image's neighbours in a batch.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use rayon::prelude::*;
+
+use crate::fast_math::vectorized;
+
+/// What follows a convolution's bias.
+#[derive(Clone, Copy)]
+pub enum Then<'a> {
+    /// ReLU6: min(max(x, 0), 6).
+    Relu6,
+    /// Nothing (the linear bottleneck of a block).
+    Nothing,
+    /// The block's input added back (a residual connection).
+    Add(&'a [f32]),
+}
+
+impl Then<'_> {
+    /// Applies what follows to sums that already hold the bias; `offset` is the index of the
+    /// first of them in the layer's output.
+    #[inline(always)]
+    fn apply(self, values: &mut [f32], offset: usize) {
+        match self {
+            Self::Relu6 => {
+                for v in values.iter_mut() {
+                    *v = v.clamp(0.0, 6.0);
+                }
+            }
+            Self::Nothing => {}
+            Self::Add(residual) => {
+                for (v, r) in values.iter_mut().zip(&residual[offset..]) {
+                    *v += r;
+                }
+            }
+        }
+    }
+}
+
+/// Output channels of one register tile: two AVX-512 vectors.
+const GROUP: usize = 32;
+/// Pixels of one register tile: 8 pixels × 2 vectors of sums take 16 of the 32 vector
+/// registers, and each weight vector loaded serves 8 multiply-adds.
+const TILE_PIXELS: usize = 8;
+/// Pixels one task computes (rayon splits a layer's pixels into such tasks).
+const TASK_PIXELS: usize = 64;
+
+/// A 1×1 convolution, `[pixels, inputs] · [inputs, outputs] + bias`, in f32 on the channels-last
+/// activations as they are: a register tile of 8 pixels × 32 outputs walks the inputs, one
+/// fused multiply-add per pixel, input and output vector, then applies the bias and what follows
+/// as it stores. Every output is the same chain of multiply-adds, whatever the tile: a pixel's
+/// result does not depend on its neighbours, so not on the batch either.
+pub struct Pointwise {
+    /// `[groups, inputs]` of 32 outputs' weights for one input; the last group's padded with
+    /// zeros past the last output.
+    weights: Vec<[f32; GROUP]>,
+    inputs: usize,
+    /// `[groups]`, zero-padded like the weights.
+    bias: Vec<[f32; GROUP]>,
+    outputs: usize,
+    kernel: Kernel,
+}
+
+impl Pointwise {
+    /// `weights` is PyTorch's `[outputs, inputs, 1, 1]`, row-major.
+    pub fn new(weights: &[f32], bias: &[f32]) -> Self {
+        let outputs = bias.len();
+        let inputs = weights.len() / outputs;
+        let groups = outputs.div_ceil(GROUP);
+        let mut packed = vec![[0f32; GROUP]; groups * inputs];
+        let mut padded_bias = vec![[0f32; GROUP]; groups];
+        for o in 0..outputs {
+            let (group, lane) = (o / GROUP, o % GROUP);
+            for i in 0..inputs {
+                packed[group * inputs + i][lane] = weights[o * inputs + i];
+            }
+            padded_bias[group][lane] = bias[o];
+        }
+        Self {
+            weights: packed,
+            inputs,
+            bias: padded_bias,
+            outputs,
+            kernel: Kernel::detect(),
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// `x` (`[pixels, inputs]`) through the convolution into `out` (`[pixels, outputs]`,
+    /// overwritten), pixels shared out among the threads.
+    pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then) {
+        let pixels = x.len() / self.inputs;
+        assert_eq!(out.len(), pixels * self.outputs);
+        out.par_chunks_mut(TASK_PIXELS * self.outputs)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * TASK_PIXELS;
+                let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
+                vectorized(
+                    #[inline(always)]
+                    || self.pixels(x, out, first, then),
+                );
+            });
+    }
+
+    /// Consecutive pixels from `first`: whole tiles, then the rest in smaller tiles.
+    #[inline(always)]
+    fn pixels(&self, x: &[f32], out: &mut [f32], first: usize, then: Then) {
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        let mut done = 0;
+        let pixels = out.len() / outputs;
+        while done < pixels {
+            let x = &x[done * inputs..];
+            let out = &mut out[done * outputs..];
+            let pixel = first + done;
+            done += match pixels - done {
+                TILE_PIXELS.. => self.tile::<TILE_PIXELS>(x, out, pixel, then),
+                4.. => self.tile::<4>(x, out, pixel, then),
+                2.. => self.tile::<2>(x, out, pixel, then),
+                _ => self.tile::<1>(x, out, pixel, then),
+            };
+        }
+    }
+
+    /// `R` pixels, the first `pixel`: all their outputs, group by group; returns `R`.
+    #[inline(always)]
+    fn tile<const R: usize>(&self, x: &[f32], out: &mut [f32], pixel: usize, then: Then) -> usize {
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * inputs..][..inputs]);
+        for (group, (weights, bias)) in self
+            .weights
+            .chunks_exact(inputs)
+            .zip(&self.bias)
+            .enumerate()
+        {
+            let first_column = group * GROUP;
+            let tile = Tile {
+                rows,
+                weights,
+                bias,
+                outputs,
+                first_pixel: pixel,
+                first_column,
+                columns: GROUP.min(outputs - first_column),
+            };
+            match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512(cpu) => cpu.tile(tile, out, then),
+                Kernel::Portable => portable_tile(tile, out, then),
+            }
+        }
+        R
+    }
+}
+
+/// One tile's operands: `R` pixels' inputs, one group's weights (`[inputs]` of 32 outputs)
+/// and biases, and where its outputs lie: `columns` (≤ 32) outputs from `first_column` of
+/// pixels `first_pixel..first_pixel + R`, rows of `outputs` values.
+pub struct Tile<'a, const R: usize> {
+    pub rows: [&'a [f32]; R],
+    pub weights: &'a [[f32; GROUP]],
+    pub bias: &'a [f32; GROUP],
+    pub outputs: usize,
+    pub first_pixel: usize,
+    pub first_column: usize,
+    pub columns: usize,
+}
+
+/// Which code computes the tiles.
+#[derive(Clone, Copy)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512::Avx512),
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(cpu) = avx512::Avx512::detect() {
+            return Self::Avx512(cpu);
+        }
+        Self::Portable
+    }
+}
+
+/// The AVX-512 tile's arithmetic in portable code (the same fused multiply-adds in the same
+/// order), for CPUs without AVX-512.
+#[inline(always)]
+fn portable_tile<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
+    let mut sums = [*tile.bias; R];
+    for (k, weights) in tile.weights.iter().enumerate() {
+        for (sums, row) in sums.iter_mut().zip(&tile.rows) {
+            let value = row[k];
+            for (sum, weight) in sums.iter_mut().zip(weights) {
+                *sum = value.mul_add(*weight, *sum);
+            }
+        }
+    }
+    let columns = tile.first_column..tile.first_column + tile.columns;
+    for (r, sums) in sums.iter_mut().enumerate() {
+        let sums = &mut sums[..columns.len()];
+        then.apply(sums, (tile.first_pixel + r) * tile.outputs + columns.start);
+        out[r * tile.outputs..][columns.clone()].copy_from_slice(sums);
+    }
+}
+
+/// "Same" padding as TensorFlow computes it (the checkpoints were trained in TensorFlow): the
+/// output is ⌈input / stride⌉ and the padding is shared out with the extra pixel at the end.
+/// Returns the output size and the padding before the first input pixel.
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let output = input.div_ceil(stride);
+    let total = ((output - 1) * stride + kernel).saturating_sub(input);
+    (output, total / 2)
+}
+
+/// The input pixel a kernel tap reads, or `None` in the padding.
+#[inline(always)]
+fn source(output: usize, tap: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (output * stride + tap)
+        .checked_sub(pad)
+        .filter(|&i| i < size)
+}
+
+/// A full convolution on a CHW image (the network's input): the patches unrolled into rows,
+/// then a pointwise product.
+pub struct Stem {
+    product: Pointwise,
+    kernel: usize,
+    stride: usize,
+    channels: usize,
+}
+
+impl Stem {
+    /// `weights` is PyTorch's `[outputs, channels, kernel, kernel]`, row-major.
+    pub fn new(
+        weights: &[f32],
+        bias: Vec<f32>,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> Self {
+        Self {
+            product: Pointwise::new(weights, &bias),
+            kernel,
+            stride,
+            channels,
+        }
+    }
+
+    /// The convolution of a CHW image of `size`×`size` pixels, with ReLU6: channels-last
+    /// output, and its side.
+    pub fn forward(&self, image: &[f32], size: usize) -> (Vec<f32>, usize) {
+        let (out_size, pad) = same_padding(size, self.kernel, self.stride);
+        let k = self.kernel;
+        let patch = self.channels * k * k;
+        // Each output pixel's patch in the weights' order: channel, row, column.
+        let mut patches = vec![0f32; out_size * out_size * patch];
+        patches
+            .par_chunks_mut(out_size * patch)
+            .enumerate()
+            .for_each(|(oy, row)| {
+                for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
+                    for c in 0..self.channels {
+                        let plane = &image[c * size * size..][..size * size];
+                        for ky in 0..k {
+                            let Some(iy) = source(oy, ky, self.stride, pad, size) else {
+                                continue;
+                            };
+                            for kx in 0..k {
+                                if let Some(ix) = source(ox, kx, self.stride, pad, size) {
+                                    patch[(c * k + ky) * k + kx] = plane[iy * size + ix];
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        let mut out = vec![0f32; out_size * out_size * self.product.outputs()];
+        self.product.forward(&patches, &mut out, Then::Relu6);
+        (out, out_size)
+    }
+}
+
+/// Channels of one AVX-512 vector.
+const LANES: usize = 16;
+/// Channels summed together in the depthwise loop: four vectors, four independent chains of
+/// additions (one alone would wait on the latency of each addition).
+const BLOCK: usize = 4 * LANES;
+
+/// A depthwise convolution (one `kernel`×`kernel` filter per channel) with ReLU6.
+pub struct Depthwise {
+    /// `[kernel · kernel, channels]`: each tap's weights for all channels, contiguous.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    kernel: usize,
+    stride: usize,
+}
+
+impl Depthwise {
+    /// `weights` is PyTorch's `[channels, 1, kernel, kernel]`, row-major.
+    pub fn new(weights: &[f32], bias: Vec<f32>, kernel: usize, stride: usize) -> Self {
+        let channels = bias.len();
+        let taps = kernel * kernel;
+        let mut transposed = vec![0f32; weights.len()];
+        for c in 0..channels {
+            for t in 0..taps {
+                transposed[t * channels + c] = weights[c * taps + t];
+            }
+        }
+        Self {
+            weights: transposed,
+            bias,
+            kernel,
+            stride,
+        }
+    }
+
+    /// The convolution of a `size`×`size` channels-last image: the output and its side.
+    pub fn forward(&self, x: &[f32], size: usize) -> (Vec<f32>, usize) {
+        let channels = self.bias.len();
+        let (out_size, pad) = same_padding(size, self.kernel, self.stride);
+        let mut out = vec![0f32; out_size * out_size * channels];
+        out.par_chunks_mut(out_size * channels)
+            .enumerate()
+            .for_each(|(oy, row)| {
+                vectorized(
+                    #[inline(always)]
+                    || self.row(x, size, pad, oy, row),
+                );
+            });
+        (out, out_size)
+    }
+
+    /// Output row `oy`.
+    #[inline(always)]
+    fn row(&self, x: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
+        let channels = self.bias.len();
+        let k = self.kernel;
+        // (input offset, weight offset) of each tap inside the image.
+        let mut taps = Vec::with_capacity(k * k);
+        for (ox, pixel) in row.chunks_exact_mut(channels).enumerate() {
+            taps.clear();
+            for ky in 0..k {
+                let Some(iy) = source(oy, ky, self.stride, pad, size) else {
+                    continue;
+                };
+                for kx in 0..k {
+                    if let Some(ix) = source(ox, kx, self.stride, pad, size) {
+                        taps.push(((iy * size + ix) * channels, (ky * k + kx) * channels));
+                    }
+                }
+            }
+            let mut start = 0;
+            while start + BLOCK <= channels {
+                self.block::<BLOCK>(x, &taps, start, pixel);
+                start += BLOCK;
+            }
+            while start + LANES <= channels {
+                self.block::<LANES>(x, &taps, start, pixel);
+                start += LANES;
+            }
+            // The last channels when their count is not a multiple of 16.
+            let out = &mut pixel[start..];
+            out.copy_from_slice(&self.bias[start..]);
+            for &(input, weight) in &taps {
+                let input = &x[input + start..][..out.len()];
+                let weight = &self.weights[weight + start..][..out.len()];
+                for ((o, i), w) in out.iter_mut().zip(input).zip(weight) {
+                    *o += i * w;
+                }
+            }
+            for o in out.iter_mut() {
+                *o = o.clamp(0.0, 6.0);
+            }
+        }
+    }
+
+    /// Channels `start..start + W` of one output pixel, from its taps: fixed-size arrays, so
+    /// that the sums stay in registers.
+    #[inline(always)]
+    fn block<const W: usize>(
+        &self,
+        x: &[f32],
+        taps: &[(usize, usize)],
+        start: usize,
+        pixel: &mut [f32],
+    ) {
+        let mut sums: [f32; W] = self.bias[start..start + W].try_into().unwrap();
+        for &(input, weight) in taps {
+            let input: &[f32; W] = x[input + start..][..W].try_into().unwrap();
+            let weight: &[f32; W] = self.weights[weight + start..][..W].try_into().unwrap();
+            for lane in 0..W {
+                sums[lane] += input[lane] * weight[lane];
+            }
+        }
+        let out: &mut [f32; W] = (&mut pixel[start..start + W]).try_into().unwrap();
+        *out = sums.map(|s| s.clamp(0.0, 6.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_is_tensorflows() {
+        assert_eq!(same_padding(224, 3, 2), (112, 0));
+        assert_eq!(same_padding(112, 3, 1), (112, 1));
+        assert_eq!(same_padding(56, 5, 2), (28, 1));
+        assert_eq!(same_padding(14, 5, 1), (14, 2));
+    }
+
+    /// Depthwise against the definition, on a small image with padding and stride 2.
+    #[test]
+    fn depthwise_matches_the_definition() {
+        let (size, channels, k, stride) = (7, 70, 3, 2);
+        let x: Vec<f32> = (0..size * size * channels)
+            .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let weights: Vec<f32> = (0..channels * k * k)
+            .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
+            .collect();
+        let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.01).collect();
+        let conv = Depthwise::new(&weights, bias.clone(), k, stride);
+        let (out, out_size) = conv.forward(&x, size);
+        let (expected_size, pad) = same_padding(size, k, stride);
+        assert_eq!(out_size, expected_size);
+        for oy in 0..out_size {
+            for ox in 0..out_size {
+                for c in 0..channels {
+                    let mut sum = bias[c];
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = (oy * stride + ky, ox * stride + kx);
+                            if iy < pad || ix < pad || iy - pad >= size || ix - pad >= size {
+                                continue;
+                            }
+                            let input = x[((iy - pad) * size + ix - pad) * channels + c];
+                            sum += input * weights[(c * k + ky) * k + kx];
+                        }
+                    }
+                    let got = out[(oy * out_size + ox) * channels + c];
+                    assert!((got - sum.clamp(0.0, 6.0)).abs() < 1e-5, "{got} vs {sum}");
+                }
+            }
+        }
+    }
+}

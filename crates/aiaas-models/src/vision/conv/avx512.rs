@@ -1,0 +1,92 @@
+//! The AVX-512 tile of the pointwise convolution: `R` pixels × 32 outputs of sums in registers
+//! (two vectors a pixel) while the inputs stream past, each input value broadcast and
+//! multiplied into both vectors by one fused multiply-add; then what follows the convolution,
+//! applied in registers, and a (masked, for the last outputs) store.
+//!
+//! The kernel is a `#[target_feature]` function, undefined behaviour on a CPU without those
+//! instructions: `Avx512` is a token only `detect` creates, after checking, and its method is
+//! the kernel's only caller. That and the masked loads and stores, checked against the slices'
+//! lengths first, are this module's `unsafe`.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use bytemuck::cast;
+
+use super::{Then, Tile, GROUP};
+
+/// Proof that this CPU has AVX-512 F.
+#[derive(Clone, Copy)]
+pub struct Avx512(());
+
+impl Avx512 {
+    pub fn detect() -> Option<Self> {
+        is_x86_feature_detected!("avx512f").then_some(Self(()))
+    }
+
+    /// One tile; see `tile`.
+    #[inline(always)]
+    pub fn tile<const R: usize>(self, tile: Tile<'_, R>, out: &mut [f32], then: Then) {
+        // SAFETY: `self` exists only where `detect` found the features the kernel is compiled
+        // for.
+        unsafe { tile_kernel(tile, out, then) }
+    }
+}
+
+/// Writes the tile's outputs into `out` (its `R` rows, from the tile's first pixel).
+#[target_feature(enable = "avx512f")]
+fn tile_kernel<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
+    let inputs = tile.weights.len();
+    for row in tile.rows {
+        assert!(row.len() >= inputs);
+    }
+    let bias: [__m512; 2] = cast(*tile.bias);
+    let mut sums = [bias; R];
+    // Plain index loops without bounds checks, which LLVM unrolls over the pixels so that the
+    // sums stay in registers (with iterators and checks it kept them on the stack).
+    for (k, weights) in tile.weights.iter().enumerate() {
+        let weights: [__m512; 2] = cast(*weights);
+        for r in 0..R {
+            // SAFETY: every row holds at least `inputs` values (asserted above).
+            let value = _mm512_set1_ps(unsafe { *tile.rows[r].get_unchecked(k) });
+            sums[r][0] = _mm512_fmadd_ps(value, weights[0], sums[r][0]);
+            sums[r][1] = _mm512_fmadd_ps(value, weights[1], sums[r][1]);
+        }
+    }
+    let (columns, outputs) = (tile.columns, tile.outputs);
+    assert!(columns <= GROUP && tile.first_column + columns <= outputs);
+    assert!(out.len() >= (R - 1) * outputs + tile.first_column + columns);
+    // The lanes of each vector inside the group's `columns`.
+    let masks: [__mmask16; 2] = [0, 1].map(|half| {
+        let lanes = columns.saturating_sub(16 * half).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    for (r, sums) in sums.iter_mut().enumerate() {
+        let start = r * outputs + tile.first_column;
+        let global = (tile.first_pixel + r) * outputs + tile.first_column;
+        for (half, (sum, &mask)) in sums.iter_mut().zip(&masks).enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            match then {
+                Then::Relu6 => {
+                    *sum = _mm512_min_ps(
+                        _mm512_max_ps(*sum, _mm512_setzero_ps()),
+                        _mm512_set1_ps(6.0),
+                    );
+                }
+                Then::Nothing => {}
+                Then::Add(residual) => {
+                    assert!(residual.len() >= global + columns);
+                    // SAFETY: the lanes the mask loads are inside `residual` (checked above).
+                    let r = unsafe {
+                        _mm512_maskz_loadu_ps(mask, residual[global + 16 * half..].as_ptr())
+                    };
+                    *sum = _mm512_add_ps(*sum, r);
+                }
+            }
+            // SAFETY: the lanes the mask stores are inside `out` (checked above).
+            unsafe { _mm512_mask_storeu_ps(out[start + 16 * half..].as_mut_ptr(), mask, *sum) };
+        }
+    }
+}
