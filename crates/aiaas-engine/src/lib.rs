@@ -26,9 +26,9 @@ pub use generate::LoadedGenerator;
 pub use manifest::{ModelManifest, Task};
 pub use metrics::EngineMetrics;
 pub use phonemize::LoadedPhonemizer;
-pub use registry::{Engine, Loaded};
+pub use registry::Engine;
 pub use repository::ModelRepository;
-pub use residency::{set_release_hook, ModelState, ModelStatus, ResidencyPolicy};
+pub use residency::{set_release_hook, LoadedModel, ModelState, ModelStatus, ResidencyPolicy};
 pub use transcribe::{LoadedTranscriber, TranscriptionJob};
 
 /// Errors the engine reports; the API layer maps each to one HTTP status.

@@ -185,14 +185,8 @@ impl Engine {
     }
 
     /// Any model, loaded if needed: what the inference protocol's routes serve.
-    pub async fn any(&self, id: &str) -> Result<Loaded> {
-        Ok(match self.acquire(id, Some(self.policy.load_wait)).await? {
-            LoadedModel::Generator(model) => Loaded::Generator(model),
-            LoadedModel::Embedder(model) => Loaded::Embedder(model),
-            LoadedModel::Transcriber(model) => Loaded::Transcriber(model),
-            LoadedModel::Classifier(model) => Loaded::Classifier(model),
-            LoadedModel::Phonemizer(model) => Loaded::Phonemizer(model),
-        })
+    pub async fn any(&self, id: &str) -> Result<LoadedModel> {
+        self.acquire(id, Some(self.policy.load_wait)).await
     }
 
     /// Loads `id` if it is not in memory, waiting as long as that takes.
@@ -415,15 +409,6 @@ impl Engine {
         self.find(id)
             .ok_or_else(|| EngineError::ModelNotFound(id.to_string()))
     }
-}
-
-/// A loaded model of any kind, for routes that serve every task.
-pub enum Loaded {
-    Generator(Arc<LoadedGenerator>),
-    Embedder(Arc<LoadedEmbedder>),
-    Transcriber(Arc<LoadedTranscriber>),
-    Classifier(Arc<LoadedClassifier>),
-    Phonemizer(Arc<LoadedPhonemizer>),
 }
 
 /// The error for a request that names a model of another kind than its route serves.

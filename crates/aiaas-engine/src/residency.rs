@@ -63,7 +63,7 @@ pub struct ModelStatus {
 
 /// A model in memory, by what it does.
 #[derive(Clone)]
-pub(crate) enum LoadedModel {
+pub enum LoadedModel {
     Generator(Arc<LoadedGenerator>),
     Embedder(Arc<LoadedEmbedder>),
     Transcriber(Arc<LoadedTranscriber>),
@@ -72,6 +72,17 @@ pub(crate) enum LoadedModel {
 }
 
 impl LoadedModel {
+    /// What the model is: its manifest.
+    pub fn manifest(&self) -> &ModelManifest {
+        match self {
+            Self::Generator(generator) => &generator.manifest,
+            Self::Embedder(embedder) => &embedder.manifest,
+            Self::Transcriber(transcriber) => &transcriber.manifest,
+            Self::Classifier(classifier) => &classifier.manifest,
+            Self::Phonemizer(phonemizer) => &phonemizer.manifest,
+        }
+    }
+
     fn in_use(&self) -> &InUse {
         match self {
             Self::Generator(generator) => generator.in_use(),

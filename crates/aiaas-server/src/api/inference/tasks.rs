@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use aiaas_engine::transcribe::TranscriptionJob;
-use aiaas_engine::{EmbedInput, EngineError, Loaded, ModelManifest, Task};
+use aiaas_engine::{EmbedInput, EngineError, LoadedModel, ModelManifest, Task};
 use aiaas_models::whisper::TranscribeOptions;
 use serde_json::{json, Value};
 
@@ -100,22 +100,15 @@ pub fn metadata(manifest: &ModelManifest) -> Value {
 pub async fn infer(
     state: &AppState,
     key: &KeyRecord,
-    model: Loaded,
+    model: LoadedModel,
     request: &InferRequest,
 ) -> Result<Vec<Output>, ApiError> {
     let started = Instant::now();
-    let manifest = match &model {
-        Loaded::Generator(m) => &m.manifest,
-        Loaded::Embedder(m) => &m.manifest,
-        Loaded::Transcriber(m) => &m.manifest,
-        Loaded::Classifier(m) => &m.manifest,
-        Loaded::Phonemizer(m) => &m.manifest,
-    };
-    let (inputs, outputs) = signature(manifest);
+    let (inputs, outputs) = signature(model.manifest());
     check_names(request, &inputs, &outputs)?;
     let mut results = Vec::new();
     match model {
-        Loaded::Generator(generator) => {
+        LoadedModel::Generator(generator) => {
             let prompts = texts(request, "text_input")?;
             let fields: SamplingFields =
                 serde_json::from_value(Value::Object(request.parameters.clone())).map_err(|e| {
@@ -147,7 +140,7 @@ pub async fn infer(
             }
             results.push(("text_output", vec![texts.len()], Values::Bytes(texts)));
         }
-        Loaded::Embedder(embedder) => {
+        LoadedModel::Embedder(embedder) => {
             let inputs = texts(request, "text")?;
             let count = inputs.len();
             let sequences = embedder.tokenize(EmbedInput::Texts(inputs)).await?;
@@ -157,7 +150,7 @@ pub async fn infer(
             let values = vectors.into_iter().flatten().collect();
             results.push(("embedding", vec![count, dimensions], Values::Floats(values)));
         }
-        Loaded::Transcriber(transcriber) => {
+        LoadedModel::Transcriber(transcriber) => {
             let files = bytes(request, "audio")?;
             let mut texts = Vec::with_capacity(files.len());
             for file in files {
@@ -176,7 +169,7 @@ pub async fn infer(
             }
             results.push(("text", vec![texts.len()], Values::Bytes(texts)));
         }
-        Loaded::Classifier(classifier) => {
+        LoadedModel::Classifier(classifier) => {
             let (param, tensors) = match (request.input("image"), request.input("input")) {
                 (Some(_), None) => (
                     "image",
@@ -229,7 +222,7 @@ pub async fn infer(
                 }
             }
         }
-        Loaded::Phonemizer(phonemizer) => {
+        LoadedModel::Phonemizer(phonemizer) => {
             let words = texts(request, "word")?;
             let graphemes: usize = words.iter().map(|w| w.chars().count()).sum();
             let amount = graphemes as i64;
