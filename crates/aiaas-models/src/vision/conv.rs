@@ -113,30 +113,12 @@ impl Pointwise {
             });
     }
 
-    /// Consecutive pixels from `first`: whole tiles, then the rest in smaller tiles.
+    /// Consecutive pixels from `first`, group after group of outputs: a group's weights stay
+    /// in the L1 cache while they serve all the task's pixels.
     #[inline(always)]
     fn pixels(&self, x: &[f32], out: &mut [f32], first: usize, then: Then) {
         let (inputs, outputs) = (self.inputs, self.outputs);
-        let mut done = 0;
         let pixels = out.len() / outputs;
-        while done < pixels {
-            let x = &x[done * inputs..];
-            let out = &mut out[done * outputs..];
-            let pixel = first + done;
-            done += match pixels - done {
-                TILE_PIXELS.. => self.tile::<TILE_PIXELS>(x, out, pixel, then),
-                4.. => self.tile::<4>(x, out, pixel, then),
-                2.. => self.tile::<2>(x, out, pixel, then),
-                _ => self.tile::<1>(x, out, pixel, then),
-            };
-        }
-    }
-
-    /// `R` pixels, the first `pixel`: all their outputs, group by group; returns `R`.
-    #[inline(always)]
-    fn tile<const R: usize>(&self, x: &[f32], out: &mut [f32], pixel: usize, then: Then) -> usize {
-        let (inputs, outputs) = (self.inputs, self.outputs);
-        let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * inputs..][..inputs]);
         for (group, (weights, bias)) in self
             .weights
             .chunks_exact(inputs)
@@ -144,30 +126,47 @@ impl Pointwise {
             .enumerate()
         {
             let first_column = group * GROUP;
-            let tile = Tile {
-                rows,
-                weights,
-                bias,
-                outputs,
-                first_pixel: pixel,
-                first_column,
-                columns: GROUP.min(outputs - first_column),
-            };
-            match self.kernel {
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512(cpu) => cpu.tile(tile, out, then),
-                Kernel::Portable => portable_tile(tile, out, then),
+            let columns = GROUP.min(outputs - first_column);
+            // Whole tiles, then the rest in smaller ones.
+            let mut done = 0;
+            while done < pixels {
+                let tile = |rows: usize| Tile {
+                    x: &x[done * inputs..][..rows * inputs],
+                    weights,
+                    bias,
+                    outputs,
+                    first_pixel: first + done,
+                    first_column,
+                    columns,
+                };
+                let out = &mut out[done * outputs..];
+                done += match pixels - done {
+                    TILE_PIXELS.. => self.tile::<TILE_PIXELS>(tile(TILE_PIXELS), out, then),
+                    4.. => self.tile::<4>(tile(4), out, then),
+                    2.. => self.tile::<2>(tile(2), out, then),
+                    _ => self.tile::<1>(tile(1), out, then),
+                };
             }
+        }
+    }
+
+    /// One tile of `R` pixels; returns `R`.
+    #[inline(always)]
+    fn tile<const R: usize>(&self, tile: Tile<'_>, out: &mut [f32], then: Then) -> usize {
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(cpu) => cpu.tile::<R>(tile, out, then),
+            Kernel::Portable => portable_tile::<R>(tile, out, then),
         }
         R
     }
 }
 
-/// One tile's operands: `R` pixels' inputs, one group's weights (`[inputs]` of 32 outputs)
+/// One tile's operands: `R` pixels' inputs (consecutive rows of `inputs` values), one group's weights (`[inputs]` of 32 outputs)
 /// and biases, and where its outputs lie: `columns` (≤ 32) outputs from `first_column` of
 /// pixels `first_pixel..first_pixel + R`, rows of `outputs` values.
-pub struct Tile<'a, const R: usize> {
-    pub rows: [&'a [f32]; R],
+pub struct Tile<'a> {
+    pub x: &'a [f32],
     pub weights: &'a [[f32; GROUP]],
     pub bias: &'a [f32; GROUP],
     pub outputs: usize,
@@ -197,10 +196,10 @@ impl Kernel {
 /// The AVX-512 tile's arithmetic in portable code (the same fused multiply-adds in the same
 /// order), for CPUs without AVX-512.
 #[inline(always)]
-fn portable_tile<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
+fn portable_tile<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
     let mut sums = [*tile.bias; R];
     for (k, weights) in tile.weights.iter().enumerate() {
-        for (sums, row) in sums.iter_mut().zip(&tile.rows) {
+        for (sums, row) in sums.iter_mut().zip(tile.x.chunks_exact(tile.weights.len())) {
             let value = row[k];
             for (sum, weight) in sums.iter_mut().zip(weights) {
                 *sum = value.mul_add(*weight, *sum);

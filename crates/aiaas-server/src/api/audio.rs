@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::params::{multipart_error, AppMultipart};
 use super::ApiError;
-use crate::gate::{Meter, Metered};
+use crate::gate::{Meter, Metered, Usage};
 use crate::store::KeyRecord;
 use crate::telemetry::ModelLabel;
 use crate::AppState;
@@ -147,21 +147,13 @@ pub(super) async fn transcribe_metered(
     // past its limits is refused here.
     let reservation = state.limiter.reserve(state.store(), key, 0).await?;
     let meter = Meter::new(state, key, &transcriber.manifest.id, route, started);
-    // The work and its usage row run in their own task: a client that leaves early is still
-    // billed for the audio the model heard, and the row is never lost.
-    let work = tokio::spawn(async move {
-        let transcription = transcriber.transcribe(job).await;
-        if let Ok(done) = &transcription {
-            let tokens = text_tokens(done);
-            if let Err(e) = meter.record_audio(done.audio_seconds, tokens, 200).await {
-                tracing::error!("could not record usage: {e}");
-            }
-            reservation.settle(tokens);
-        }
-        transcription
-    });
-    Ok((work.await)
-        .map_err(|e| EngineError::Internal(format!("the transcription task failed: {e}")))??)
+    let usage = |done: &Transcription| Usage {
+        completion_tokens: text_tokens(done),
+        audio_seconds: done.audio_seconds,
+        ..Usage::default()
+    };
+    let work = async move { transcriber.transcribe(job).await };
+    Ok(meter.run(reservation, work, usage).await?)
 }
 
 fn text_tokens(transcription: &Transcription) -> i64 {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::types::TextsOrTokens;
 use super::{ApiError, AppJson};
-use crate::gate::{Meter, Metered};
+use crate::gate::{Meter, Metered, Usage};
 use crate::store::KeyRecord;
 use crate::telemetry::ModelLabel;
 use crate::AppState;
@@ -118,20 +118,17 @@ pub(super) async fn embed_metered(
     let amount = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
     let reservation = state.limiter.reserve(state.store(), key, amount).await?;
     let meter = Meter::new(state, key, &embedder.manifest.id, route, started);
-    // The work and its usage row run in their own task: a client that leaves early is still
-    // billed for what the worker computed, and the row is never lost.
-    let work = tokio::spawn(async move {
-        let vectors = embedder.embed(sequences).await;
-        if vectors.is_ok() {
-            if let Err(e) = meter.record(amount, 0, 200).await {
-                tracing::error!("could not record usage: {e}");
-            }
-            reservation.settle(amount);
-        }
-        vectors
-    });
-    let vectors = (work.await)
-        .map_err(|e| EngineError::Internal(format!("the embedding task failed: {e}")))??;
+    let usage = move |_: &Vec<Vec<f32>>| Usage {
+        prompt_tokens: amount,
+        ..Usage::default()
+    };
+    let vectors = meter
+        .run(
+            reservation,
+            async move { embedder.embed(sequences).await },
+            usage,
+        )
+        .await?;
     Ok(vectors)
 }
 

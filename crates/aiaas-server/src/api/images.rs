@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::params::{multipart_error, AppMultipart};
 use super::{ApiError, AppJson};
-use crate::gate::{Meter, Metered};
+use crate::gate::{Meter, Metered, Usage};
 use crate::store::KeyRecord;
 use crate::telemetry::ModelLabel;
 use crate::AppState;
@@ -137,20 +137,12 @@ pub(super) async fn classify_metered(
     let count = tensors.len() as i64;
     let reservation = state.limiter.reserve(state.store(), key, 0).await?;
     let meter = Meter::new(state, key, &classifier.manifest.id, route, started);
-    // The work and its usage row run in their own task: a client that leaves early is still
-    // billed for the images the model classified, and the row is never lost.
-    let work = tokio::spawn(async move {
-        let probabilities = classifier.probabilities(param, tensors).await;
-        if probabilities.is_ok() {
-            if let Err(e) = meter.record_images(count, 200).await {
-                tracing::error!("could not record usage: {e}");
-            }
-            reservation.settle(0);
-        }
-        probabilities
-    });
-    Ok((work.await)
-        .map_err(|e| EngineError::Internal(format!("the classification task failed: {e}")))??)
+    let work = async move { classifier.probabilities(param, tensors).await };
+    let usage = move |_: &Vec<Vec<f32>>| Usage {
+        images: count,
+        ..Usage::default()
+    };
+    Ok(meter.run(reservation, work, usage).await?)
 }
 
 fn class(class: &Class) -> Value {

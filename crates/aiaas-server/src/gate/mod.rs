@@ -7,7 +7,7 @@ mod meter;
 
 pub use keys::{CreatedKey, KeySpec, Keys, KEY_PREFIX};
 pub use limits::{LimitError, Limiter, Reservation, Snapshot};
-pub use meter::{Meter, Metered};
+pub use meter::{Meter, Metered, Usage};
 
 use std::time::{Duration, Instant};
 

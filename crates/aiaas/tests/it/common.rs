@@ -312,6 +312,29 @@ fn rand_suffix() -> u64 {
         .subsec_nanos() as u64
 }
 
+/// Runs a Python script of the tests (`scripts/test` installs its packages in `AIAAS_PYTHON`'s
+/// environment) with extra environment variables; asserts it succeeds and returns its stdout.
+pub async fn run_python(script: &str, env: Vec<(&'static str, String)>) -> String {
+    let python = std::env::var("AIAAS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(&script)
+            .envs(env)
+            .output()
+            .expect("python3 must be installed (scripts/test makes its environment)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python script failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
 /// The error object of an OpenAI-shaped error body.
 pub fn error(body: &Value) -> &Value {
     let error = &body["error"];

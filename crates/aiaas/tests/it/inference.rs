@@ -1,11 +1,9 @@
 //! The Open Inference Protocol (`/v2`): every kind of model as named tensors, in JSON by hand
 //! and through Triton's own `tritonclient[http]` package.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::common::{TestServer, KEY, MINILM, SMOLLM};
+use crate::common::{run_python, TestServer, KEY, MINILM, SMOLLM};
 use crate::images::{photo_path, EFFICIENTNET};
 
 const G2P: &str = "g2p-en";
@@ -116,30 +114,19 @@ async fn wrong_tensors_get_clear_400s() {
 #[tokio::test]
 async fn tritonclient_works_unchanged() {
     let server = TestServer::start(&[EFFICIENTNET, G2P, MINILM, SMOLLM]).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tritonclient_check.py");
-    let python = std::env::var("AIAAS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let address = server.base.trim_start_matches("http://").to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("TRITON_URL", address)
-            .env("API_KEY", KEY)
-            .env("IMAGE_MODEL", EFFICIENTNET)
-            .env("G2P_MODEL", G2P)
-            .env("EMBEDDING_MODEL", MINILM)
-            .env("CHAT_MODEL", SMOLLM)
-            .env("PHOTO", photo_path())
-            .output()
-            .expect("python3 must be installed (scripts/test installs tritonclient)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tritonclient script failed:\n{stdout}\n{stderr}"
-    );
+    let env = vec![
+        (
+            "TRITON_URL",
+            server.base.trim_start_matches("http://").to_string(),
+        ),
+        ("API_KEY", KEY.to_string()),
+        ("IMAGE_MODEL", EFFICIENTNET.to_string()),
+        ("G2P_MODEL", G2P.to_string()),
+        ("EMBEDDING_MODEL", MINILM.to_string()),
+        ("CHAT_MODEL", SMOLLM.to_string()),
+        ("PHOTO", photo_path().display().to_string()),
+    ];
+    let stdout = run_python("tritonclient_check.py", env).await;
     assert!(
         stdout.contains("all tritonclient checks passed"),
         "{stdout}"

@@ -26,20 +26,18 @@ impl Avx512 {
 
     /// One tile; see `tile`.
     #[inline(always)]
-    pub fn tile<const R: usize>(self, tile: Tile<'_, R>, out: &mut [f32], then: Then) {
+    pub fn tile<const R: usize>(self, tile: Tile<'_>, out: &mut [f32], then: Then) {
         // SAFETY: `self` exists only where `detect` found the features the kernel is compiled
         // for.
-        unsafe { tile_kernel(tile, out, then) }
+        unsafe { tile_kernel::<R>(tile, out, then) }
     }
 }
 
 /// Writes the tile's outputs into `out` (its `R` rows, from the tile's first pixel).
 #[target_feature(enable = "avx512f")]
-fn tile_kernel<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
+fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
     let inputs = tile.weights.len();
-    for row in tile.rows {
-        assert!(row.len() >= inputs);
-    }
+    assert!(tile.x.len() >= R * inputs);
     let bias: [__m512; 2] = cast(*tile.bias);
     let mut sums = [bias; R];
     // Plain index loops without bounds checks, which LLVM unrolls over the pixels so that the
@@ -47,8 +45,8 @@ fn tile_kernel<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
     for (k, weights) in tile.weights.iter().enumerate() {
         let weights: [__m512; 2] = cast(*weights);
         for r in 0..R {
-            // SAFETY: every row holds at least `inputs` values (asserted above).
-            let value = _mm512_set1_ps(unsafe { *tile.rows[r].get_unchecked(k) });
+            // SAFETY: `x` holds `R` rows of `inputs` values (asserted above).
+            let value = _mm512_set1_ps(unsafe { *tile.x.get_unchecked(r * inputs + k) });
             sums[r][0] = _mm512_fmadd_ps(value, weights[0], sums[r][0]);
             sums[r][1] = _mm512_fmadd_ps(value, weights[1], sums[r][1]);
         }
@@ -61,19 +59,19 @@ fn tile_kernel<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
         let lanes = columns.saturating_sub(16 * half).min(16);
         ((1u32 << lanes) - 1) as __mmask16
     });
-    for (r, sums) in sums.iter_mut().enumerate() {
+    // Indexed loops again: a reference to `sums` would keep a copy of them on the stack.
+    for r in 0..R {
         let start = r * outputs + tile.first_column;
         let global = (tile.first_pixel + r) * outputs + tile.first_column;
-        for (half, (sum, &mask)) in sums.iter_mut().zip(&masks).enumerate() {
+        for half in 0..2 {
+            let (mut sum, mask) = (sums[r][half], masks[half]);
             if mask == 0 {
                 continue;
             }
             match then {
                 Then::Relu6 => {
-                    *sum = _mm512_min_ps(
-                        _mm512_max_ps(*sum, _mm512_setzero_ps()),
-                        _mm512_set1_ps(6.0),
-                    );
+                    sum =
+                        _mm512_min_ps(_mm512_max_ps(sum, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
                 }
                 Then::Nothing => {}
                 Then::Add(residual) => {
@@ -82,11 +80,11 @@ fn tile_kernel<const R: usize>(tile: Tile<'_, R>, out: &mut [f32], then: Then) {
                     let r = unsafe {
                         _mm512_maskz_loadu_ps(mask, residual[global + 16 * half..].as_ptr())
                     };
-                    *sum = _mm512_add_ps(*sum, r);
+                    sum = _mm512_add_ps(sum, r);
                 }
             }
             // SAFETY: the lanes the mask stores are inside `out` (checked above).
-            unsafe { _mm512_mask_storeu_ps(out[start + 16 * half..].as_mut_ptr(), mask, *sum) };
+            unsafe { _mm512_mask_storeu_ps(out[start + 16 * half..].as_mut_ptr(), mask, sum) };
         }
     }
 }

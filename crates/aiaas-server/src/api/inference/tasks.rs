@@ -12,14 +12,14 @@
 use std::time::Instant;
 
 use aiaas_engine::transcribe::TranscriptionJob;
-use aiaas_engine::{EmbedInput, EngineError, LoadedModel, ModelManifest, Task};
+use aiaas_engine::{EmbedInput, LoadedModel, ModelManifest, Task};
 use aiaas_models::whisper::TranscribeOptions;
 use serde_json::{json, Value};
 
 use super::tensor::{InferRequest, Input, Output, Values};
 use crate::api::types::SamplingFields;
 use crate::api::{audio, embeddings, generation, images, validate, ApiError};
-use crate::gate::Meter;
+use crate::gate::{Meter, Usage};
 use crate::store::KeyRecord;
 use crate::AppState;
 
@@ -228,19 +228,12 @@ pub async fn infer(
             let amount = graphemes as i64;
             let reservation = state.limiter.reserve(state.store(), key, amount).await?;
             let meter = Meter::new(state, key, &phonemizer.manifest.id, ROUTE, started);
-            // As the other routes do: the work and its usage row outlive a client that leaves.
-            let work = tokio::spawn(async move {
-                let phonemes = phonemizer.phonemes("word", words).await;
-                if phonemes.is_ok() {
-                    if let Err(e) = meter.record(amount, 0, 200).await {
-                        tracing::error!("could not record usage: {e}");
-                    }
-                    reservation.settle(amount);
-                }
-                phonemes
-            });
-            let phonemes = (work.await)
-                .map_err(|e| EngineError::Internal(format!("the phonemes task failed: {e}")))??;
+            let work = async move { phonemizer.phonemes("word", words).await };
+            let usage = move |_: &Vec<Vec<&str>>| Usage {
+                prompt_tokens: amount,
+                ..Usage::default()
+            };
+            let phonemes = meter.run(reservation, work, usage).await?;
             let phonemes: Vec<Vec<u8>> =
                 phonemes.iter().map(|p| p.join(" ").into_bytes()).collect();
             results.push(("phonemes", vec![phonemes.len()], Values::Bytes(phonemes)));
