@@ -6,9 +6,11 @@
 //! each caller its own outputs, in its own order, once all of them are done.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics::ModelMetrics;
 use crate::{EngineError, Result};
@@ -29,6 +31,9 @@ pub(crate) trait BatchModel: Send + 'static {
 pub(crate) struct BatchQueue<M: BatchModel> {
     model_id: String,
     queue_depth: prometheus::IntGauge,
+    /// One place per request in hand (waiting or running), held until its caller has its
+    /// answer or leaves: what bounds the worker's backlog.
+    places: Semaphore,
     jobs: mpsc::Sender<Job<M>>,
     /// Declared after `jobs`, so the channel closes (and the thread ends) before the join.
     _worker: WorkerThread,
@@ -63,6 +68,7 @@ impl<M: BatchModel> BatchQueue<M> {
         Ok(Self {
             model_id: model_id.to_string(),
             queue_depth,
+            places: Semaphore::new(max_queued.max(1)),
             jobs,
             _worker: WorkerThread(Some(thread)),
         })
@@ -73,11 +79,19 @@ impl<M: BatchModel> BatchQueue<M> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, receiver) = oneshot::channel();
-        self.jobs
-            .try_send(Job { items, reply })
+        let _place = (self.places.try_acquire())
             .map_err(|_| EngineError::Overloaded(self.model_id.clone()))?;
+        let (reply, receiver) = oneshot::channel();
         self.queue_depth.inc();
+        if let Err(e) = self.jobs.try_send(Job { items, reply }) {
+            self.queue_depth.dec();
+            return Err(match e {
+                TrySendError::Full(_) => EngineError::Overloaded(self.model_id.clone()),
+                TrySendError::Closed(_) => {
+                    EngineError::Internal("the batching worker stopped".into())
+                }
+            });
+        }
         receiver
             .await
             .map_err(|_| EngineError::Internal("the batching worker stopped".into()))?
@@ -159,7 +173,21 @@ impl<M: BatchModel> Worker<M> {
         let batch: Vec<&M::Item> = (picked.iter())
             .map(|&(w, i)| &waiting[w].job.items[i])
             .collect();
-        match self.model.run(&batch) {
+        // A panicking model fails its batch, not the worker (and with it every later request).
+        let outputs = catch_unwind(AssertUnwindSafe(|| self.model.run(&batch)))
+            .unwrap_or_else(|_| Err(EngineError::Internal("the model panicked".into())))
+            .and_then(|outputs| {
+                if outputs.len() == batch.len() {
+                    Ok(outputs)
+                } else {
+                    Err(EngineError::Internal(format!(
+                        "the model gave {} outputs for {} inputs",
+                        outputs.len(),
+                        batch.len()
+                    )))
+                }
+            });
+        match outputs {
             Ok(outputs) => {
                 for ((w, _), output) in picked.into_iter().zip(outputs) {
                     waiting[w].outputs.push(output);
@@ -275,6 +303,33 @@ mod tests {
             *batches.lock().unwrap(),
             [vec![1], vec![2, 3, 4], vec![6, 4]]
         );
+        assert_eq!(metrics.queue_depth.get(), 0);
+    }
+
+    /// Panics on a zero; doubles anything else.
+    struct Fragile;
+
+    impl BatchModel for Fragile {
+        type Item = u32;
+        type Output = u32;
+
+        fn cost(&self, _: &u32) -> usize {
+            1
+        }
+
+        fn run(&self, items: &[&u32]) -> Result<Vec<u32>> {
+            assert!(items.iter().all(|&&i| i != 0), "a zero");
+            Ok(items.iter().map(|&&i| 2 * i).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_requests_and_the_worker_goes_on() {
+        let metrics = EngineMetrics::default().model("fragile");
+        let queue = BatchQueue::start("fragile", Fragile, 4, 2, metrics.clone()).unwrap();
+        let failed = queue.run(vec![0]).await.unwrap_err();
+        assert!(matches!(failed, EngineError::Internal(_)), "{failed}");
+        assert_eq!(queue.run(vec![1, 2]).await.unwrap(), [2, 4]);
         assert_eq!(metrics.queue_depth.get(), 0);
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use aiaas_models::vision::{softmax, EfficientNet, ImagePreprocessing};
+use tokio::sync::Semaphore;
 
 use crate::batch_queue::{BatchModel, BatchQueue};
 use crate::in_use::InUse;
@@ -34,6 +35,9 @@ pub struct LoadedClassifier {
     preprocessing: ImagePreprocessing,
     labels: Arc<[String]>,
     in_use: InUse,
+    /// Uploads decoded at once: a 50-megapixel photo takes 150 MB while it is decoded, so
+    /// requests take turns, one per core.
+    decoding: Semaphore,
     batches: BatchQueue<NetworkBatches>,
 }
 
@@ -62,6 +66,7 @@ impl LoadedClassifier {
             preprocessing,
             labels,
             in_use: InUse::default(),
+            decoding: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             batches,
         })
     }
@@ -86,6 +91,8 @@ impl LoadedClassifier {
         images: Vec<Vec<u8>>,
     ) -> Result<Vec<Vec<f32>>> {
         check_count(param, images.len())?;
+        let _turn = (self.decoding.acquire().await)
+            .map_err(|_| EngineError::Internal("the model closed".into()))?;
         let preprocessing = self.preprocessing.clone();
         let several = images.len() > 1;
         let work = tokio::task::spawn_blocking(move || {

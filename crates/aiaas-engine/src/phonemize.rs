@@ -42,40 +42,46 @@ impl LoadedPhonemizer {
         &self.in_use
     }
 
-    /// The ARPAbet phonemes of each word, in order. Words are checked first: an empty word or
-    /// one longer than `MAX_WORD_CHARS` is an `InvalidRequest` naming `param`.
+    /// The ARPAbet phonemes of each word, in order (checked as `check` does).
     pub async fn phonemes(
         &self,
         param: &'static str,
         words: Vec<String>,
     ) -> Result<Vec<Vec<&'static str>>> {
-        if words.is_empty() {
-            return Err(EngineError::invalid(param, "no word given"));
-        }
-        if words.len() > MAX_WORDS {
-            return Err(EngineError::invalid(
-                param,
-                format!(
-                    "{} words given; at most {MAX_WORDS} are allowed per request",
-                    words.len()
-                ),
-            ));
-        }
-        for (i, word) in words.iter().enumerate() {
-            let length = word.chars().count();
-            if length == 0 || length > MAX_WORD_CHARS || word.chars().any(char::is_whitespace) {
-                return Err(EngineError::invalid(
-                    param,
-                    format!(
-                        "{param}[{i}] must be one word of 1 to {MAX_WORD_CHARS} characters \
-                         without spaces"
-                    ),
-                ));
-            }
-        }
+        check(param, &words)?;
         let _in_use = self.in_use.enter();
         self.batches.run(words).await
     }
+}
+
+/// Refuses (as an `InvalidRequest` naming `param`) no words, too many, an empty word, one with
+/// spaces or one longer than `MAX_WORD_CHARS`.
+pub fn check(param: &'static str, words: &[String]) -> Result<()> {
+    if words.is_empty() {
+        return Err(EngineError::invalid(param, "no word given"));
+    }
+    if words.len() > MAX_WORDS {
+        return Err(EngineError::invalid(
+            param,
+            format!(
+                "{} words given; at most {MAX_WORDS} are allowed per request",
+                words.len()
+            ),
+        ));
+    }
+    for (i, word) in words.iter().enumerate() {
+        let length = word.chars().count();
+        if length == 0 || length > MAX_WORD_CHARS || word.chars().any(char::is_whitespace) {
+            return Err(EngineError::invalid(
+                param,
+                format!(
+                    "{param}[{i}] must be one word of 1 to {MAX_WORD_CHARS} characters \
+                     without spaces"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The network as the batching worker drives it.

@@ -176,14 +176,6 @@ impl Engine {
         }
     }
 
-    /// The loaded grapheme-to-phoneme model for `id`, loading it if needed.
-    pub async fn phonemizer(&self, id: &str) -> Result<Arc<LoadedPhonemizer>> {
-        match self.acquire(id, Some(self.policy.load_wait)).await? {
-            LoadedModel::Phonemizer(phonemizer) => Ok(phonemizer),
-            other => Err(wrong_model(id, &other, "a grapheme-to-phoneme")),
-        }
-    }
-
     /// Any model, loaded if needed: what the inference protocol's routes serve.
     pub async fn any(&self, id: &str) -> Result<LoadedModel> {
         self.acquire(id, Some(self.policy.load_wait)).await

@@ -116,15 +116,23 @@ pub fn parse(bytes: &[u8]) -> Result<StateDict> {
         return Err(format_error("the saved object is not a state dict"));
     };
     let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(entries.len());
+    let mut names = std::collections::HashSet::new();
+    // Views may share a storage (a tied weight), but a crafted file could view one large storage
+    // from thousands of names: what is copied out is bounded by twice what the file holds.
+    let stored: usize = storages.declared.iter().map(|s| s.elements).sum();
+    let mut budget = stored.saturating_mul(2);
     for &(name, value) in entries {
         // Anything else a state dict may hold (extra state, numbers) is not a tensor to load.
         let (Some(name), Some(Object::Tensor(view))) = (saved.string(name), saved.object(value))
         else {
             continue;
         };
-        if tensors.iter().any(|(n, _)| n == name) {
+        if !names.insert(name) {
             return Err(format_error(format!("tensor `{name}` appears twice")));
         }
+        let elements = (view.shape.iter()).try_fold(1usize, |n, &d| n.checked_mul(d));
+        budget = (elements.and_then(|n| budget.checked_sub(n)))
+            .ok_or_else(|| format_error("the tensors view their storages more than twice over"))?;
         let tensor = storages
             .materialize(view)
             .map_err(|e| format_error(format!("tensor `{name}`: {e}")))?;

@@ -35,10 +35,8 @@ impl AppState {
         self.keys.store()
     }
 
-    /// The generator for `model` if the key may use it. A model outside the key's scope is
+    /// The manifest of `model` if the key may use it. A model outside the key's scope is
     /// reported exactly like a missing one, so keys cannot probe what exists.
-    /// The manifest of a model the key may use (`ModelNotFound` otherwise, as for a model
-    /// that does not exist).
     pub fn manifest_for(&self, key: &KeyRecord, model: &str) -> Result<ModelManifest, ApiError> {
         if !key.allows_model(model) {
             return Err(aiaas_engine::EngineError::ModelNotFound(model.to_string()).into());
@@ -46,6 +44,7 @@ impl AppState {
         Ok(self.engine.manifest(model)?)
     }
 
+    /// The generator for `model` if the key may use it (reported like `manifest_for`).
     pub async fn generator_for(
         &self,
         key: &KeyRecord,

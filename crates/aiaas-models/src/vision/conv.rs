@@ -12,6 +12,32 @@ use rayon::prelude::*;
 
 use crate::fast_math::vectorized;
 
+/// Whether a layer shares its pixels out among the threads (an image alone) or runs on the
+/// calling thread (when a batch's images keep the threads busy already, each on one image, its
+/// activations in that core's cache, without a task switch every few pixels).
+#[derive(Clone, Copy)]
+pub enum Split {
+    Threads,
+    None,
+}
+
+/// `f(chunk index, chunk)` for the consecutive chunks of `chunk` values of `out`, on the
+/// threads or on this one.
+fn for_each_chunk(
+    out: &mut [f32],
+    chunk: usize,
+    split: Split,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    match split {
+        Split::Threads => out
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c)),
+        Split::None => out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
+    }
+}
+
 /// What follows a convolution's bias.
 #[derive(Clone, Copy)]
 pub enum Then<'a> {
@@ -96,21 +122,23 @@ impl Pointwise {
         self.outputs
     }
 
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
     /// `x` (`[pixels, inputs]`) through the convolution into `out` (`[pixels, outputs]`,
     /// overwritten), pixels shared out among the threads.
-    pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then) {
+    pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then, split: Split) {
         let pixels = x.len() / self.inputs;
         assert_eq!(out.len(), pixels * self.outputs);
-        out.par_chunks_mut(TASK_PIXELS * self.outputs)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * TASK_PIXELS;
-                let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
-                vectorized(
-                    #[inline(always)]
-                    || self.pixels(x, out, first, then),
-                );
-            });
+        for_each_chunk(out, TASK_PIXELS * self.outputs, split, |task, out| {
+            let first = task * TASK_PIXELS;
+            let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
+            vectorized(
+                #[inline(always)]
+                || self.pixels(x, out, first, then),
+            );
+        });
     }
 
     /// Consecutive pixels from `first`, group after group of outputs: a group's weights stay
@@ -257,37 +285,42 @@ impl Stem {
         }
     }
 
-    /// The convolution of a CHW image of `size`×`size` pixels, with ReLU6: channels-last
-    /// output, and its side.
-    pub fn forward(&self, image: &[f32], size: usize) -> (Vec<f32>, usize) {
+    /// The side of the output for a `size`×`size` input.
+    pub fn output_size(&self, size: usize) -> usize {
+        same_padding(size, self.kernel, self.stride).0
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.product.outputs()
+    }
+
+    /// The convolution of a CHW image of `size`×`size` pixels, with ReLU6, into `out`
+    /// (channels-last, overwritten, of `output_size(size)`² pixels).
+    pub fn forward(&self, image: &[f32], size: usize, out: &mut [f32], split: Split) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
         let k = self.kernel;
         let patch = self.channels * k * k;
         // Each output pixel's patch in the weights' order: channel, row, column.
         let mut patches = vec![0f32; out_size * out_size * patch];
-        patches
-            .par_chunks_mut(out_size * patch)
-            .enumerate()
-            .for_each(|(oy, row)| {
-                for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
-                    for c in 0..self.channels {
-                        let plane = &image[c * size * size..][..size * size];
-                        for ky in 0..k {
-                            let Some(iy) = source(oy, ky, self.stride, pad, size) else {
-                                continue;
-                            };
-                            for kx in 0..k {
-                                if let Some(ix) = source(ox, kx, self.stride, pad, size) {
-                                    patch[(c * k + ky) * k + kx] = plane[iy * size + ix];
-                                }
-                            }
+        for_each_chunk(&mut patches, out_size * patch, split, |oy, row| {
+            // Taps outermost: each tap's source pixel found once for all channels.
+            for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
+                for ky in 0..k {
+                    let Some(iy) = source(oy, ky, self.stride, pad, size) else {
+                        continue;
+                    };
+                    for kx in 0..k {
+                        let Some(ix) = source(ox, kx, self.stride, pad, size) else {
+                            continue;
+                        };
+                        for (c, plane) in image.chunks_exact(size * size).enumerate() {
+                            patch[(c * k + ky) * k + kx] = plane[iy * size + ix];
                         }
                     }
                 }
-            });
-        let mut out = vec![0f32; out_size * out_size * self.product.outputs()];
-        self.product.forward(&patches, &mut out, Then::Relu6);
-        (out, out_size)
+            }
+        });
+        self.product.forward(&patches, out, Then::Relu6, split);
     }
 }
 
@@ -325,20 +358,23 @@ impl Depthwise {
         }
     }
 
-    /// The convolution of a `size`×`size` channels-last image: the output and its side.
-    pub fn forward(&self, x: &[f32], size: usize) -> (Vec<f32>, usize) {
+    /// The side of the output for a `size`×`size` input.
+    pub fn output_size(&self, size: usize) -> usize {
+        same_padding(size, self.kernel, self.stride).0
+    }
+
+    /// The convolution of a `size`×`size` channels-last image into `out` (overwritten, of
+    /// `output_size(size)`² pixels).
+    pub fn forward(&self, x: &[f32], size: usize, out: &mut [f32], split: Split) {
         let channels = self.bias.len();
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
-        let mut out = vec![0f32; out_size * out_size * channels];
-        out.par_chunks_mut(out_size * channels)
-            .enumerate()
-            .for_each(|(oy, row)| {
-                vectorized(
-                    #[inline(always)]
-                    || self.row(x, size, pad, oy, row),
-                );
-            });
-        (out, out_size)
+        assert_eq!(out.len(), out_size * out_size * channels);
+        for_each_chunk(out, out_size * channels, split, |oy, row| {
+            vectorized(
+                #[inline(always)]
+                || self.row(x, size, pad, oy, row),
+            );
+        });
     }
 
     /// Output row `oy`.
@@ -432,7 +468,9 @@ mod tests {
             .collect();
         let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.01).collect();
         let conv = Depthwise::new(&weights, bias.clone(), k, stride);
-        let (out, out_size) = conv.forward(&x, size);
+        let out_size = conv.output_size(size);
+        let mut out = vec![f32::NAN; out_size * out_size * channels];
+        conv.forward(&x, size, &mut out, Split::Threads);
         let (expected_size, pad) = same_padding(size, k, stride);
         assert_eq!(out_size, expected_size);
         for oy in 0..out_size {

@@ -11,10 +11,11 @@
 //! folded into the convolutions at load; padding is TensorFlow's "same".
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::conv::{Depthwise, Pointwise, Stem, Then};
+use super::conv::{Depthwise, Pointwise, Split, Stem, Then};
 use super::ImagePreprocessing;
 use crate::torch_legacy::{self, StateDict};
 use crate::{ModelError, Result};
@@ -56,26 +57,59 @@ struct Block {
 }
 
 impl Block {
-    /// The block on a `size`×`size` channels-last image; returns the output and its side.
-    fn forward(&self, x: Vec<f32>, size: usize) -> (Vec<f32>, usize) {
-        let pixels = size * size;
-        let (hidden, out_size) = match &self.expand {
+    /// The block on a `size`×`size` channels-last image, into `out`; returns the output's side.
+    fn forward(
+        &self,
+        x: &[f32],
+        size: usize,
+        scratch: &mut Scratch,
+        out: &mut Vec<f32>,
+        split: Split,
+    ) -> usize {
+        let out_size = self.depthwise.output_size(size);
+        let hidden_len = out_size * out_size * self.project.inputs();
+        let hidden = match &self.expand {
             Some(expand) => {
-                let mut expanded = vec![0f32; pixels * expand.outputs()];
-                expand.forward(&x, &mut expanded, Then::Relu6);
-                self.depthwise.forward(&expanded, size)
+                let expanded = sized(&mut scratch.expanded, size * size * expand.outputs());
+                expand.forward(x, expanded, Then::Relu6, split);
+                let hidden = sized(&mut scratch.hidden, hidden_len);
+                self.depthwise.forward(expanded, size, hidden, split);
+                hidden
             }
-            None => self.depthwise.forward(&x, size),
+            None => {
+                let hidden = sized(&mut scratch.hidden, hidden_len);
+                self.depthwise.forward(x, size, hidden, split);
+                hidden
+            }
         };
         let then = if self.residual {
-            Then::Add(&x)
+            Then::Add(x)
         } else {
             Then::Nothing
         };
-        let mut out = vec![0f32; out_size * out_size * self.project.outputs()];
-        self.project.forward(&hidden, &mut out, then);
-        (out, out_size)
+        let out = sized(out, out_size * out_size * self.project.outputs());
+        self.project.forward(hidden, out, then, split);
+        out_size
     }
+}
+
+/// A block's intermediate activations, kept from block to block and image to image: fresh
+/// multi-megabyte buffers cost a zero-fill (or page faults) each, about a tenth of the time.
+#[derive(Default)]
+struct Scratch {
+    /// After the expansion.
+    expanded: Vec<f32>,
+    /// After the depthwise convolution.
+    hidden: Vec<f32>,
+}
+
+/// The first `len` values of `buffer`, grown (never shrunk) to hold them; their values are
+/// stale, for outputs that overwrite them all.
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// An EfficientNet-Lite0 classifier.
@@ -87,6 +121,9 @@ pub struct EfficientNet {
     classifier: Vec<f32>,
     classifier_bias: Vec<f32>,
     parameters: u64,
+    /// Buffers for the images in flight, one set each (a pool, not thread-locals: a rayon
+    /// thread waiting inside one image's layer may start another image).
+    scratch: Mutex<Vec<(Scratch, [Vec<f32>; 2])>>,
 }
 
 impl EfficientNet {
@@ -154,6 +191,7 @@ impl EfficientNet {
             classifier,
             classifier_bias,
             parameters,
+            scratch: Mutex::default(),
         })
     }
 
@@ -188,23 +226,37 @@ impl EfficientNet {
             count * image_len,
             "expected {count} images of 3×{INPUT_SIZE}×{INPUT_SIZE} values"
         );
+        // Enough images to keep every thread busy to the end: one image a thread, its layers
+        // unsplit. Fewer: each layer's pixels split among the threads.
+        let split = if count >= 2 * rayon::current_num_threads() {
+            Split::None
+        } else {
+            Split::Threads
+        };
         let features: Vec<Vec<f32>> = images
             .par_chunks(image_len)
-            .map(|image| self.features(image))
+            .map(|image| self.features(image, split))
             .collect();
         self.classify(&features)
     }
 
     /// The pooled head features of one image.
-    fn features(&self, image: &[f32]) -> Vec<f32> {
-        let (mut x, mut size) = self.stem.forward(image, INPUT_SIZE);
+    fn features(&self, image: &[f32], split: Split) -> Vec<f32> {
+        let taken = self.scratch.lock().map(|mut pool| pool.pop());
+        let (mut scratch, [mut x, mut out]) = taken.ok().flatten().unwrap_or_default();
+        let mut size = self.stem.output_size(INPUT_SIZE);
+        let mut len = size * size * self.stem.outputs();
+        self.stem
+            .forward(image, INPUT_SIZE, sized(&mut x, len), split);
         for block in &self.blocks {
-            (x, size) = block.forward(x, size);
+            size = block.forward(&x[..len], size, &mut scratch, &mut out, split);
+            len = size * size * block.project.outputs();
+            std::mem::swap(&mut x, &mut out);
         }
         let pixels = size * size;
         let width = self.head.outputs();
-        let mut head = vec![0f32; pixels * width];
-        self.head.forward(&x, &mut head, Then::Relu6);
+        let head = sized(&mut scratch.expanded, pixels * width);
+        self.head.forward(&x[..len], head, Then::Relu6, split);
         let mut pooled = vec![0f32; width];
         for pixel in head.chunks_exact(width) {
             for (p, v) in pooled.iter_mut().zip(pixel) {
@@ -213,6 +265,9 @@ impl EfficientNet {
         }
         for p in &mut pooled {
             *p /= pixels as f32;
+        }
+        if let Ok(mut pool) = self.scratch.lock() {
+            pool.push((scratch, [x, out]));
         }
         pooled
     }

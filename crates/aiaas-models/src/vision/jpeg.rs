@@ -10,6 +10,9 @@ use mozjpeg::{DctMethod, Decompress};
 
 use super::preprocess::{check_size, ImageError};
 
+/// The most scans a JPEG may have (progressive encoders write about ten).
+const MAX_SCANS: usize = 100;
+
 /// Decodes a JPEG to 8-bit RGB, refusing an oversized one from its header.
 pub fn decode(encoded: &[u8]) -> Result<RgbImage, ImageError> {
     // The library reports a fatal error by unwinding out of the C code; it ends here.
@@ -32,6 +35,17 @@ fn decode_unguarded(encoded: &[u8]) -> Result<RgbImage, ImageError> {
         return Err(ImageError::Corrupt(
             "the JPEG data ends early (no end-of-image marker)".into(),
         ));
+    }
+    // Each scan of a progressive JPEG is a pass over the whole image: thousands of tiny scans
+    // cost minutes. Start-of-scan markers cannot hide in the coded data (0xFF is stuffed there).
+    let scans = encoded
+        .windows(2)
+        .filter(|pair| *pair == [0xFF, 0xDA])
+        .count();
+    if scans > MAX_SCANS {
+        return Err(ImageError::Corrupt(format!(
+            "the JPEG has {scans} scans, over the limit of {MAX_SCANS}"
+        )));
     }
     let corrupt = |e: std::io::Error| ImageError::Corrupt(e.to_string());
     let mut header = Decompress::new_mem(encoded).map_err(corrupt)?;

@@ -93,18 +93,10 @@ pub async fn classify(
         return Err(EngineError::ModelNotFound(request.model).into());
     }
     let classifier = state.engine.classifier(&request.model).await?;
-    let tensors = classifier.prepare("image", request.images).await?;
-    let count = tensors.len();
-    let probabilities = classify_metered(
-        &state,
-        &key,
-        classifier.clone(),
-        "image",
-        tensors,
-        ROUTE,
-        started,
-    )
-    .await?;
+    let images = Images::Encoded(request.images);
+    let probabilities =
+        classify_metered(&state, &key, classifier.clone(), images, ROUTE, started).await?;
+    let count = probabilities.len();
     let data: Vec<Value> = (probabilities.iter().enumerate())
         .map(|(index, p)| {
             let classes: Vec<Value> = classifier.top(p, request.top_k).iter().map(class).collect();
@@ -123,19 +115,30 @@ pub async fn classify(
     Ok(response)
 }
 
-/// Class probabilities of prepared images (the request field `param`), billed to `key` by the
-/// image on `route`.
+/// Images to classify, as a request carries them.
+pub(super) enum Images {
+    /// Image files (the request field `image`).
+    Encoded(Vec<Vec<u8>>),
+    /// Tensors already prepared as the model's preprocessing makes them (the field `input`).
+    Prepared(Vec<Vec<f32>>),
+}
+
+/// Class probabilities of images, billed to `key` by the image on `route`. The key's limits
+/// are checked before any image is decoded.
 pub(super) async fn classify_metered(
     state: &AppState,
     key: &KeyRecord,
     classifier: Arc<LoadedClassifier>,
-    param: &'static str,
-    tensors: Vec<Vec<f32>>,
+    images: Images,
     route: &str,
     started: Instant,
 ) -> Result<Vec<Vec<f32>>, ApiError> {
-    let count = tensors.len() as i64;
     let reservation = state.limiter.reserve(state.store(), key, 0).await?;
+    let (param, tensors) = match images {
+        Images::Encoded(files) => ("image", classifier.prepare("image", files).await?),
+        Images::Prepared(tensors) => ("input", tensors),
+    };
+    let count = tensors.len() as i64;
     let meter = Meter::new(state, key, &classifier.manifest.id, route, started);
     let work = async move { classifier.probabilities(param, tensors).await };
     let usage = move |_: &Vec<Vec<f32>>| Usage {

@@ -35,6 +35,10 @@ impl Avx512 {
 
 /// Writes the tile's outputs into `out` (its `R` rows, from the tile's first pixel).
 #[target_feature(enable = "avx512f")]
+#[allow(
+    clippy::needless_range_loop,
+    reason = "indexed loops keep the sums in registers (see below)"
+)]
 fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
     let inputs = tile.weights.len();
     assert!(tile.x.len() >= R * inputs);

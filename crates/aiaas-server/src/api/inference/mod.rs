@@ -136,6 +136,7 @@ pub async fn infer(
     AppPath(id): AppPath<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    state.manifest_for(&key, &id)?;
     let limit = request.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
     let headers = request.headers().clone();
     let body = Bytes::from_request(request, &()).await.map_err(|e| {
@@ -147,7 +148,6 @@ pub async fn infer(
     })?;
     let request = tensor::parse(&headers, &body)?;
     drop(body);
-    state.manifest_for(&key, &id)?;
     let model = state.engine.any(&id).await?;
     let outputs = tasks::infer(&state, &key, model, &request).await?;
     let mut response = tensor::respond(&id, request.id.as_deref(), outputs);

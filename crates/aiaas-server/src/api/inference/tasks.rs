@@ -1,11 +1,13 @@
 //! What each kind of model takes and gives as named tensors, and running a request through it.
-//! Every input is a batch along its first dimension (`-1` in the metadata):
+//! An input is a batch along its first dimension (`-1` in the metadata), except a prompt or an
+//! audio file, one per request (their work is batched inside the engine anyway); an output with
+//! one element per input element has the input's shape:
 //!
 //! | task | inputs | outputs |
 //! |---|---|---|
-//! | chat, completion | `text_input` BYTES [-1] (prompts; `parameters`: max_tokens, temperature, top_p, seed, stop …) | `text_output` BYTES [-1] |
+//! | chat, completion | `text_input` BYTES [1] (a prompt; `parameters`: max_tokens, temperature, top_p, seed, stop …) | `text_output` BYTES [1] |
 //! | embedding | `text` BYTES [-1] | `embedding` FP32 [-1, dimensions] |
-//! | transcription | `audio` BYTES [-1] (audio files) | `text` BYTES [-1] |
+//! | transcription | `audio` BYTES [1] (an audio file, at most 25 MB) | `text` BYTES [1] |
 //! | image classification | `image` BYTES [-1] (image files) or `input` FP32 [-1, 3, S, S] (prepared) | `probabilities` FP32 [-1, classes]; with the `classification` parameter, the top k as `score:index:label` BYTES [-1, k] |
 //! | grapheme to phoneme | `word` BYTES [-1] | `phonemes` BYTES [-1] (space-separated ARPAbet) |
 
@@ -17,13 +19,16 @@ use aiaas_models::whisper::TranscribeOptions;
 use serde_json::{json, Value};
 
 use super::tensor::{InferRequest, Input, Output, Values};
+use crate::api::images::{self, Images};
 use crate::api::types::SamplingFields;
-use crate::api::{audio, embeddings, generation, images, validate, ApiError};
+use crate::api::{audio, embeddings, generation, validate, ApiError};
 use crate::gate::{Meter, Usage};
 use crate::store::KeyRecord;
 use crate::AppState;
 
 const ROUTE: &str = "/v2/models/{id}/infer";
+/// The most text one request may carry (the server's default body limit).
+const MAX_TEXT_BYTES: usize = 8 * 1024 * 1024;
 /// Tokens a generation may add when the request's parameters do not say.
 const DEFAULT_MAX_TOKENS: i64 = 16;
 
@@ -52,8 +57,8 @@ impl Spec {
 fn signature(manifest: &ModelManifest) -> (Vec<Spec>, Vec<Spec>) {
     match manifest.task {
         Task::Chat | Task::Completion => (
-            vec![Spec::new("text_input", "BYTES", &[-1])],
-            vec![Spec::new("text_output", "BYTES", &[-1])],
+            vec![Spec::new("text_input", "BYTES", &[1])],
+            vec![Spec::new("text_output", "BYTES", &[1])],
         ),
         Task::Embedding => {
             let dimensions = manifest.dimensions.map_or(-1, |d| d as i64);
@@ -63,8 +68,8 @@ fn signature(manifest: &ModelManifest) -> (Vec<Spec>, Vec<Spec>) {
             )
         }
         Task::Transcription => (
-            vec![Spec::new("audio", "BYTES", &[-1])],
-            vec![Spec::new("text", "BYTES", &[-1])],
+            vec![Spec::new("audio", "BYTES", &[1])],
+            vec![Spec::new("text", "BYTES", &[1])],
         ),
         Task::ImageClassification => {
             let side = (manifest.preprocessing.as_ref()).map_or(-1, |p| i64::from(p.crop));
@@ -109,7 +114,7 @@ pub async fn infer(
     let mut results = Vec::new();
     match model {
         LoadedModel::Generator(generator) => {
-            let prompts = texts(request, "text_input")?;
+            let prompt = one(texts(request, "text_input")?, "text_input")?;
             let fields: SamplingFields =
                 serde_json::from_value(Value::Object(request.parameters.clone())).map_err(|e| {
                     ApiError::invalid("parameters", format!("invalid generation parameters: {e}"))
@@ -122,23 +127,19 @@ pub async fn infer(
             }
             let max_tokens = fields.max_tokens.or(Some(DEFAULT_MAX_TOKENS));
             let sampling = validate::sampling(&fields, max_tokens, None)?;
-            let mut running = Vec::with_capacity(prompts.len());
-            for prompt in &prompts {
-                let tokens = generator.text_prompt(prompt);
-                running.push(
-                    generation::start_metered(state, key, ROUTE, &generator, tokens, &sampling)
-                        .await?,
-                );
+            let tokens = generator.text_prompt(&prompt);
+            let running =
+                generation::start_metered(state, key, ROUTE, &generator, tokens, &sampling).await?;
+            let collected = generation::collect(running.events).await;
+            if running.metering.await.is_err() {
+                tracing::error!("the metering task failed");
             }
-            let mut texts = Vec::with_capacity(running.len());
-            for started in running {
-                let collected = generation::collect(started.events).await;
-                if started.metering.await.is_err() {
-                    tracing::error!("the metering task failed");
-                }
-                texts.push(collected?.text.into_bytes());
-            }
-            results.push(("text_output", vec![texts.len()], Values::Bytes(texts)));
+            let text = collected?.text.into_bytes();
+            results.push((
+                "text_output",
+                shape_of(request, "text_input"),
+                Values::Bytes(vec![text]),
+            ));
         }
         LoadedModel::Embedder(embedder) => {
             let inputs = texts(request, "text")?;
@@ -151,51 +152,42 @@ pub async fn infer(
             results.push(("embedding", vec![count, dimensions], Values::Floats(values)));
         }
         LoadedModel::Transcriber(transcriber) => {
-            let files = bytes(request, "audio")?;
-            let mut texts = Vec::with_capacity(files.len());
-            for file in files {
-                let job = TranscriptionJob {
-                    file,
-                    extension: None,
-                    options: TranscribeOptions {
-                        condition_on_previous_text: true,
-                        ..Default::default()
-                    },
-                };
-                let done =
-                    audio::transcribe_metered(state, key, transcriber.clone(), job, ROUTE, started)
-                        .await?;
-                texts.push(done.transcript.text().trim().as_bytes().to_vec());
+            let file = one(bytes(request, "audio")?, "audio")?;
+            if file.len() > audio::MAX_AUDIO_BYTES {
+                return Err(ApiError::PayloadTooLarge(audio::MAX_AUDIO_BYTES));
             }
-            results.push(("text", vec![texts.len()], Values::Bytes(texts)));
+            let job = TranscriptionJob {
+                file,
+                extension: None,
+                options: TranscribeOptions {
+                    condition_on_previous_text: true,
+                    ..Default::default()
+                },
+            };
+            let done =
+                audio::transcribe_metered(state, key, transcriber, job, ROUTE, started).await?;
+            let text = done.transcript.text().trim().as_bytes().to_vec();
+            results.push((
+                "text",
+                shape_of(request, "audio"),
+                Values::Bytes(vec![text]),
+            ));
         }
         LoadedModel::Classifier(classifier) => {
-            let (param, tensors) = match (request.input("image"), request.input("input")) {
-                (Some(_), None) => (
-                    "image",
-                    classifier
-                        .prepare("image", bytes(request, "image")?)
-                        .await?,
-                ),
-                (None, Some(input)) => (
-                    "input",
-                    prepared_images(input, classifier.preprocessing().crop as usize)?,
-                ),
+            let images = match (request.input("image"), request.input("input")) {
+                (Some(_), None) => Images::Encoded(bytes(request, "image")?),
+                (None, Some(input)) => Images::Prepared(prepared_images(
+                    input,
+                    classifier.preprocessing().crop as usize,
+                )?),
                 _ => return Err(ApiError::invalid(
                     "inputs",
                     "send either `image` (BYTES: image files) or `input` (FP32: prepared images)",
                 )),
             };
-            let probabilities = images::classify_metered(
-                state,
-                key,
-                classifier.clone(),
-                param,
-                tensors,
-                ROUTE,
-                started,
-            )
-            .await?;
+            let probabilities =
+                images::classify_metered(state, key, classifier.clone(), images, ROUTE, started)
+                    .await?;
             let count = probabilities.len();
             match request
                 .wants("probabilities")
@@ -224,6 +216,7 @@ pub async fn infer(
         }
         LoadedModel::Phonemizer(phonemizer) => {
             let words = texts(request, "word")?;
+            aiaas_engine::phonemize::check("word", &words)?;
             let graphemes: usize = words.iter().map(|w| w.chars().count()).sum();
             let amount = graphemes as i64;
             let reservation = state.limiter.reserve(state.store(), key, amount).await?;
@@ -236,7 +229,11 @@ pub async fn infer(
             let phonemes = meter.run(reservation, work, usage).await?;
             let phonemes: Vec<Vec<u8>> =
                 phonemes.iter().map(|p| p.join(" ").into_bytes()).collect();
-            results.push(("phonemes", vec![phonemes.len()], Values::Bytes(phonemes)));
+            results.push((
+                "phonemes",
+                shape_of(request, "word"),
+                Values::Bytes(phonemes),
+            ));
         }
     }
     Ok(results
@@ -293,6 +290,24 @@ fn check_names(request: &InferRequest, inputs: &[Spec], outputs: &[Spec]) -> Res
     Ok(())
 }
 
+/// The one element of an input that takes one at a time (a prompt, an audio file).
+fn one<T>(mut elements: Vec<T>, name: &str) -> Result<T, ApiError> {
+    match elements.len() {
+        1 => Ok(elements.remove(0)),
+        n => Err(ApiError::invalid(
+            "inputs",
+            format!("`{name}` takes one element per request; got {n}: send several requests"),
+        )),
+    }
+}
+
+/// The shape of the input `name`: an output with one element per input element has it too.
+fn shape_of(request: &InferRequest, name: &str) -> Vec<usize> {
+    request
+        .input(name)
+        .map_or_else(Vec::new, |input| input.shape.clone())
+}
+
 /// The elements of the BYTES input `name`.
 fn bytes(request: &InferRequest, name: &str) -> Result<Vec<Vec<u8>>, ApiError> {
     let input = request.input(name).ok_or_else(|| {
@@ -304,9 +319,14 @@ fn bytes(request: &InferRequest, name: &str) -> Result<Vec<Vec<u8>>, ApiError> {
     }
 }
 
-/// The elements of the BYTES input `name`, as UTF-8 text.
+/// The elements of the BYTES input `name`, as UTF-8 text of at most `MAX_TEXT_BYTES` in all.
 fn texts(request: &InferRequest, name: &str) -> Result<Vec<String>, ApiError> {
-    (bytes(request, name)?.into_iter().enumerate())
+    let elements = bytes(request, name)?;
+    let total: usize = elements.iter().map(Vec::len).sum();
+    if total > MAX_TEXT_BYTES {
+        return Err(ApiError::PayloadTooLarge(MAX_TEXT_BYTES));
+    }
+    (elements.into_iter().enumerate())
         .map(|(i, b)| {
             String::from_utf8(b).map_err(|_| {
                 ApiError::invalid("inputs", format!("`{name}`[{i}] is not valid UTF-8 text"))

@@ -14,6 +14,9 @@ use crate::api::ApiError;
 
 /// The header that gives the JSON part's length when binary data follows it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// The longest JSON part: parsed JSON takes several times its size in memory, so large tensors
+/// must come as binary data.
+pub const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
 /// A tensor's values, by the kind of element.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +145,13 @@ pub fn parse(headers: &HeaderMap, body: &Bytes) -> Result<InferRequest, ApiError
         }
         None => (&body[..], &body[body.len()..]),
     };
+    if head.len() > MAX_JSON_BYTES {
+        return Err(invalid(format!(
+            "the JSON part of the request is {} bytes, over the limit of {MAX_JSON_BYTES}; send \
+             large tensors as binary data (the binary tensor extension)",
+            head.len()
+        )));
+    }
     let request: RequestJson = serde_json::from_slice(head)
         .map_err(|e| invalid(format!("invalid inference request JSON: {e}")))?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
@@ -168,8 +178,12 @@ pub fn parse(headers: &HeaderMap, body: &Bytes) -> Result<InferRequest, ApiError
                         as usize,
                 ),
             };
+            let binary = match output.parameters.get("binary_data") {
+                None => binary_by_default,
+                Some(_) => flag(&output.parameters, "binary_data")?,
+            };
             Ok(Wanted {
-                binary: flag(&output.parameters, "binary_data")?,
+                binary,
                 name: output.name,
                 classification,
             })
@@ -528,7 +542,7 @@ mod tests {
     #[test]
     fn binary_inputs_are_read_in_order_and_checked() {
         let json = r#"{"inputs":[
-            {"name":"w","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}},
+            {"name":"w","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":13}},
             {"name":"n","shape":[2],"datatype":"INT16","parameters":{"binary_data_size":4}}]}"#;
         let mut data = Vec::new();
         for word in ["hi", "you"] {
