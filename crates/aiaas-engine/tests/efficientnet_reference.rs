@@ -13,7 +13,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use aiaas_engine::fetch;
 use aiaas_models::vision::{softmax, EfficientNet, ImagePreprocessing};
@@ -169,34 +168,5 @@ fn efficientnet_lite0_classifies_a_photo_as_the_reference_does() {
         assert_eq!(ours[rank], *index, "rank {}", rank + 1);
         let got = f64::from(probabilities[*index]);
         assert!((got - p).abs() <= 0.005, "class {index}: {got} vs {p}");
-    }
-}
-
-/// Images per second at batch 1 and 16 (run with `--ignored --nocapture`, on a quiet machine).
-#[test]
-#[ignore = "a benchmark"]
-fn efficientnet_lite0_throughput() {
-    let Some(folder) = model_folder() else {
-        return;
-    };
-    let model = EfficientNet::load(&folder.join("efficientnet-lite0-57934424.pth")).unwrap();
-    let side = model.input_size();
-    let image: Vec<f32> = (0..3 * side * side)
-        .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
-        .collect();
-    for batch in [1, 16] {
-        let images = image.repeat(batch);
-        model.forward(&images, batch);
-        let runs = 64 / batch + 2;
-        let start = Instant::now();
-        for _ in 0..runs {
-            model.forward(&images, batch);
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        println!(
-            "batch {batch:2}: {:.1} images/s ({:.2} ms a batch)",
-            (runs * batch) as f64 / seconds,
-            seconds / runs as f64 * 1e3
-        );
     }
 }

@@ -456,6 +456,37 @@ mod tests {
         assert_eq!(same_padding(14, 5, 1), (14, 2));
     }
 
+    /// Pointwise against the definition: outputs not a multiple of the group, pixels not a
+    /// multiple of the tile, a residual added; on the threads and on one alike.
+    #[test]
+    fn pointwise_matches_the_definition() {
+        let (pixels, inputs, outputs) = (75, 24, 40);
+        let x: Vec<f32> = (0..pixels * inputs)
+            .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let weights: Vec<f32> = (0..outputs * inputs)
+            .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
+            .collect();
+        let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.01).collect();
+        let residual: Vec<f32> = (0..pixels * outputs).map(|i| (i % 5) as f32).collect();
+        let conv = Pointwise::new(&weights, &bias);
+        let mut out = vec![f32::NAN; pixels * outputs];
+        conv.forward(&x, &mut out, Then::Add(&residual), Split::Threads);
+        let mut alone = vec![f32::NAN; pixels * outputs];
+        conv.forward(&x, &mut alone, Then::Add(&residual), Split::None);
+        assert_eq!(out, alone);
+        for p in 0..pixels {
+            for o in 0..outputs {
+                let dot: f32 = (0..inputs)
+                    .map(|i| x[p * inputs + i] * weights[o * inputs + i])
+                    .sum();
+                let expected = dot + bias[o] + residual[p * outputs + o];
+                let got = out[p * outputs + o];
+                assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+            }
+        }
+    }
+
     /// Depthwise against the definition, on a small image with padding and stride 2.
     #[test]
     fn depthwise_matches_the_definition() {
