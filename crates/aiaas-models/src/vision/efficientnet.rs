@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::conv::{Depthwise, Pointwise, Split, Stem, Then};
 use super::ImagePreprocessing;
+use crate::fast_math::dot;
 use crate::torch_legacy::{self, StateDict};
 use crate::{ModelError, Result};
 
@@ -294,22 +295,6 @@ impl EfficientNet {
         }
         logits
     }
-}
-
-/// A dot product over 16 independent lanes (which the compiler keeps in a vector register).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = (a_chunks.remainder().iter())
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 fn missing(name: &str) -> ModelError {
