@@ -86,7 +86,7 @@ impl LayerCache {
 /// (`q`: `(t, n_head * head_dim)`, rotated and rounded to f16) and its cache, which already
 /// holds their own keys.
 pub struct Queries<'a> {
-    pub q: Vec<f32>,
+    pub q: &'a [f32],
     pub cache: &'a LayerCache,
     pub pos: usize,
 }
@@ -383,12 +383,8 @@ mod tests {
         out
     }
 
-    fn queries<'a>(q: &[f32], cache: &'a LayerCache, pos: usize) -> Queries<'a> {
-        Queries {
-            q: q.to_vec(),
-            cache,
-            pos,
-        }
+    fn queries<'a>(q: &'a [f32], cache: &'a LayerCache, pos: usize) -> Queries<'a> {
+        Queries { q, cache, pos }
     }
 
     fn close(got: &[f32], want: &[f32]) {

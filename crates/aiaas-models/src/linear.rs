@@ -38,31 +38,29 @@ impl Linear {
         }
     }
 
-    /// `x` (`(tokens, in)`) times the transposed weights: `(tokens, out)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let product = match self {
-            Self::Candle(matmul) => return Ok(matmul.forward(x)?),
-            Self::Own(product) => product,
-        };
-        let (tokens, _) = x.dims2()?;
-        let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let out = product.matmul(&values, tokens);
-        Ok(Tensor::from_vec(out, (tokens, product.rows()), x.device())?)
+    /// `x` (`tokens` rows of `in` values) times the transposed weights: `tokens` rows of `out`.
+    pub fn forward(&self, x: &[f32], tokens: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Own(product) => Ok(product.matmul(x, tokens)),
+            Self::Candle(matmul) => {
+                let x = Tensor::from_slice(x, (tokens, x.len() / tokens.max(1)), &Device::Cpu)?;
+                Ok(matmul
+                    .forward(&x)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?)
+            }
+        }
     }
 
-    /// Rows of the weights themselves, as f32: the lookup of a tied embedding table, which is
-    /// then kept in memory once. Only for this crate's formats.
-    pub fn gather(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
+    /// Rows of the weights themselves, as f32, one after the other: the lookup of a tied
+    /// embedding table, which is then kept in memory once. Only for this crate's formats.
+    pub fn gather(&self, rows: &[u32]) -> Result<Vec<f32>> {
         let Self::Own(product) = self else {
             return Err(ModelError::Format(
                 "rows can only be read from this crate's formats".into(),
             ));
         };
-        let values = product.gather(rows);
-        Ok(Tensor::from_vec(
-            values,
-            (rows.len(), product.cols()),
-            device,
-        )?)
+        Ok(product.gather(rows))
     }
 }

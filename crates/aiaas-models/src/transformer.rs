@@ -9,16 +9,19 @@
 //!
 //! Reference: llama.cpp `src/models/{llama,qwen2,gemma3}.cpp`.
 
+mod rows;
+
 use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::attention::{attend, HeadShape, LayerCache, Queries};
 use crate::linear::Linear;
 use crate::{GgufFile, ModelError, Result};
+use rows::{Rotary, RotaryLayout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -105,22 +108,23 @@ struct Attention {
     v: Linear,
     o: Linear,
     /// Qwen2's projections carry biases.
-    biases: Option<[Tensor; 3]>,
+    biases: Option<[Vec<f32>; 3]>,
     /// Gemma 3 normalises each query and key head.
-    qk_norms: Option<[Tensor; 2]>,
+    qk_norms: Option<[Vec<f32>; 2]>,
     window: Option<usize>,
     local_rope: bool,
 }
 
+/// A layer's weights; the norms' and biases' few values as plain f32.
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     attention: Attention,
-    post_attn_norm: Option<Tensor>,
-    ffn_norm: Tensor,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
     gate: Linear,
     up: Linear,
     down: Linear,
-    post_ffn_norm: Option<Tensor>,
+    post_ffn_norm: Option<Vec<f32>>,
 }
 
 /// A loaded model; immutable during inference, so one instance serves any number of sequences.
@@ -128,7 +132,7 @@ pub struct Decoder {
     pub config: DecoderConfig,
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    output_norm: Tensor,
+    output_norm: Vec<f32>,
     output: Linear,
     vocab_size: usize,
     device: Device,
@@ -166,11 +170,6 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
-
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
 }
 
 /// One sequence of a batch: its next tokens and the cache they extend.
@@ -212,8 +211,11 @@ impl Decoder {
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
-            let mut dense = |suffix: &str| -> Result<Tensor> {
-                Ok(tensor(&name(suffix))?.dequantize(&device)?)
+            let mut dense = |suffix: &str| -> Result<Vec<f32>> {
+                Ok(tensor(&name(suffix))?
+                    .dequantize(&device)?
+                    .flatten_all()?
+                    .to_vec1()?)
             };
             let biases = if has(&name("attn_q.bias")) {
                 Some([
@@ -257,7 +259,10 @@ impl Decoder {
                 post_ffn_norm,
             });
         }
-        let output_norm = tensor("output_norm.weight")?.dequantize(&device)?;
+        let output_norm = tensor("output_norm.weight")?
+            .dequantize(&device)?
+            .flatten_all()?
+            .to_vec1()?;
         // Tied embeddings: without an output matrix the embedding table projects back to logits.
         let (output, embeddings) = if has("output.weight") {
             let output = Linear::new(tensor("output.weight")?)?;
@@ -325,54 +330,57 @@ impl Decoder {
                 "token id {id} is outside the vocabulary"
             )));
         }
+        let tokens = ids.len();
+        // The batch's rows, token after token, `n_embd` values each.
         let mut x = match &self.embeddings {
-            Embeddings::TiedToOutput => self.output.gather(&ids, &self.device)?,
-            Embeddings::Table(table) => {
-                table.embedding(&Tensor::new(ids.as_slice(), &self.device)?)?
-            }
+            Embeddings::TiedToOutput => self.output.gather(&ids)?,
+            Embeddings::Table(table) => table
+                .embedding(&Tensor::new(ids.as_slice(), &self.device)?)?
+                .flatten_all()?
+                .to_vec1()?,
         };
         if self.config.architecture == Architecture::Gemma3 {
-            x = (x * (self.config.n_embd as f64).sqrt())?;
+            rows::scale(&mut x, (self.config.n_embd as f64).sqrt() as f32);
         }
         let mut spans = Vec::with_capacity(batch.len());
         let mut offset = 0;
         for entry in batch.iter() {
             let (pos, t) = (entry.cache.len, entry.tokens.len());
-            let local = (self.config.architecture == Architecture::Gemma3)
-                .then(|| self.rotary(pos, t, self.config.rope_base_local))
-                .transpose()?;
+            let rotary = |base| Rotary::new(pos, t, self.config.head_dim, base);
             spans.push(Span {
                 offset,
                 pos,
                 len: t,
-                global_rope: self.rotary(pos, t, self.config.rope_base)?,
-                local_rope: local,
+                global_rope: rotary(self.config.rope_base),
+                local_rope: (self.config.architecture == Architecture::Gemma3)
+                    .then(|| rotary(self.config.rope_base_local)),
             });
             offset += t;
         }
         let eps = self.config.rms_eps;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, eps)?;
+            let h = rows::rms_norm(&x, &layer.attn_norm, eps);
             let mut caches: Vec<_> = batch
                 .iter_mut()
                 .map(|entry| &mut entry.cache.layers[i])
                 .collect();
-            let mut a = self.attention(&layer.attention, &h, &spans, &mut caches)?;
+            let mut a = self.attention(&layer.attention, &h, tokens, &spans, &mut caches)?;
             if let Some(norm) = &layer.post_attn_norm {
-                a = rms_norm(&a, norm, eps)?;
+                rows::rms_norm_in_place(&mut a, norm, eps);
             }
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = layer.gate.forward(&h)?;
-            let gate = match self.config.architecture {
-                Architecture::Gemma3 => gelu_f16_table(&gate)?,
-                Architecture::Llama | Architecture::Qwen2 => gate.silu()?,
+            rows::add(&mut x, &a);
+            let h = rows::rms_norm(&x, &layer.ffn_norm, eps);
+            let mut gate = layer.gate.forward(&h, tokens)?;
+            let activation = match self.config.architecture {
+                Architecture::Gemma3 => rows::gelu_f16_table,
+                Architecture::Llama | Architecture::Qwen2 => rows::silu,
             };
-            let mut f = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            rows::gate(&mut gate, &layer.up.forward(&h, tokens)?, activation);
+            let mut f = layer.down.forward(&gate, tokens)?;
             if let Some(norm) = &layer.post_ffn_norm {
-                f = rms_norm(&f, norm, eps)?;
+                rows::rms_norm_in_place(&mut f, norm, eps);
             }
-            x = (x + f)?;
+            rows::add(&mut x, &f);
         }
         for (entry, span) in batch.iter_mut().zip(&spans) {
             entry.cache.len += span.len;
@@ -380,106 +388,108 @@ impl Decoder {
 
         // Only the last row of the sequences that asked for logits meets the output matrix,
         // the largest in small models.
-        let wanted: Vec<u32> = batch
+        let width = self.config.n_embd;
+        let last: Vec<f32> = batch
             .iter()
             .zip(&spans)
             .filter(|(entry, _)| entry.wants_logits)
-            .map(|(_, span)| (span.offset + span.len - 1) as u32)
+            .flat_map(|(_, span)| &x[(span.offset + span.len - 1) * width..][..width])
+            .copied()
             .collect();
-        let mut rows = if wanted.is_empty() {
+        let wanted = last.len() / width;
+        let logits = if wanted == 0 {
             Vec::new()
         } else {
-            let last = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 0)?;
-            let last = rms_norm(&last, &self.output_norm, eps)?;
-            self.output
-                .forward(&last)?
-                .to_dtype(DType::F32)?
-                .to_vec2()?
-        }
-        .into_iter();
+            let last = rows::rms_norm(&last, &self.output_norm, eps);
+            self.output.forward(&last, wanted)?
+        };
+        let mut rows = logits.chunks_exact(self.vocab_size);
         Ok(batch
             .iter()
-            .map(|entry| entry.wants_logits.then(|| rows.next()).flatten())
+            .map(|entry| {
+                entry
+                    .wants_logits
+                    .then(|| rows.next().map(<[f32]>::to_vec))
+                    .flatten()
+            })
             .collect())
     }
 
-    /// Attention for every sequence of a batch: `h` holds their rows one after the other, as
-    /// `spans` say, and `caches` their caches for this layer.
+    /// Attention for every sequence of a batch: `h` holds their `tokens` rows one after the
+    /// other, as `spans` say, and `caches` their caches for this layer.
     fn attention(
         &self,
         attn: &Attention,
-        h: &Tensor,
+        h: &[f32],
+        tokens: usize,
         spans: &[Span],
         caches: &mut [&mut LayerCache],
-    ) -> Result<Tensor> {
-        let mut q = attn.q.forward(h)?;
-        let mut k = attn.k.forward(h)?;
-        let mut v = attn.v.forward(h)?;
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let mut q = attn.q.forward(h, tokens)?;
+        let mut k = attn.k.forward(h, tokens)?;
+        let mut v = attn.v.forward(h, tokens)?;
         if let Some([bq, bk, bv]) = &attn.biases {
-            q = q.broadcast_add(bq)?;
-            k = k.broadcast_add(bk)?;
-            v = v.broadcast_add(bv)?;
+            rows::add_bias(&mut q, bq);
+            rows::add_bias(&mut k, bk);
+            rows::add_bias(&mut v, bv);
         }
-        let mut queries = Vec::with_capacity(spans.len());
+        let (q_row, kv_row) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
-            let rows = |x: &Tensor| x.narrow(0, span.offset, span.len);
             let rope = match (&span.local_rope, attn.local_rope) {
                 (Some(local), true) => local,
                 _ => &span.global_rope,
             };
-            let rows = [rows(&q)?, rows(&k)?, rows(&v)?];
-            queries.push(self.append_keys(attn, rows, cache, rope)?);
+            let rows = span.offset..span.offset + span.len;
+            self.append_keys(
+                attn,
+                &mut q[rows.start * q_row..rows.end * q_row],
+                &mut k[rows.start * kv_row..rows.end * kv_row],
+                &v[rows.start * kv_row..rows.end * kv_row],
+                cache,
+                rope,
+            );
         }
-        let batch: Vec<Queries<'_>> = queries
-            .into_iter()
-            .zip(spans)
+        let batch: Vec<Queries<'_>> = spans
+            .iter()
             .zip(caches.iter())
-            .map(|((q, span), cache)| Queries {
-                q,
+            .map(|(span, cache)| Queries {
+                q: &q[span.offset * q_row..][..span.len * q_row],
                 cache,
                 pos: span.pos,
             })
             .collect();
         let out = attend(&batch, &self.head_shape(), attn.window);
-        let width = self.config.n_head * self.config.head_dim;
-        attn.o
-            .forward(&Tensor::from_vec(out, (h.dim(0)?, width), &self.device)?)
+        attn.o.forward(&out, tokens)
     }
 
-    /// Prepares one sequence's projected rows `[q, k, v]` (`(t, heads * dim)`): norms and
-    /// rotations, keys and values appended to its cache. Returns its queries, ready for
-    /// `attend`.
+    /// Prepares one sequence's projected rows `q`, `k`, `v` (token after token, every head's
+    /// values): norms and rotations in place, keys and values appended to its cache. The
+    /// queries are then ready for `attend`.
     fn append_keys(
         &self,
         attn: &Attention,
-        [q, k, v]: [Tensor; 3],
-        kv: &mut LayerCache,
+        q: &mut [f32],
+        k: &mut [f32],
+        v: &[f32],
+        cache: &mut LayerCache,
         rope: &Rotary,
-    ) -> Result<Vec<f32>> {
+    ) {
         let c = &self.config;
-        let t = q.dim(0)?;
-        // (t, heads * dim) → (heads, t, dim) for the norms and rotations, then back.
-        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
-            Ok(x.reshape((t, n, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?)
-        };
-        let rows =
-            |x: Tensor| -> Result<Vec<f32>> { Ok(x.transpose(0, 1)?.flatten_all()?.to_vec1()?) };
-        let mut q = heads(q, c.n_head)?;
-        let mut k = heads(k, c.n_kv_head)?;
         if let Some([qn, kn]) = &attn.qk_norms {
-            q = rms_norm(&q, qn, c.rms_eps)?;
-            k = rms_norm(&k, kn, c.rms_eps)?;
+            rows::rms_norm_in_place(q, qn, c.rms_eps);
+            rows::rms_norm_in_place(k, kn, c.rms_eps);
         }
+        let layout = match c.architecture {
+            Architecture::Llama => RotaryLayout::Interleaved,
+            Architecture::Qwen2 | Architecture::Gemma3 => RotaryLayout::Halves,
+        };
+        rope.apply(q, layout);
+        rope.apply(k, layout);
         // Queries are rounded to f16 to meet the f16 cache, as llama.cpp's f16 product does;
         // this keeps greedy outputs token-for-token equal to llama.cpp's.
-        let q = rows(round_f16(&self.apply_rotary(&q, rope)?)?)?;
-        let k = rows(self.apply_rotary(&k, rope)?)?;
-        let v = v.flatten_all()?.to_vec1()?;
-        let shape = self.head_shape();
-        kv.append(&k, &v, &shape, c.context_length);
-        Ok(q)
+        rows::round_f16(q);
+        cache.append(k, v, &self.head_shape(), c.context_length);
     }
 
     fn head_shape(&self) -> HeadShape {
@@ -489,56 +499,4 @@ impl Decoder {
             head_dim: self.config.head_dim,
         }
     }
-
-    /// Cosine and sine tables for positions `pos..pos + t`, computed as ggml does (f32, with the
-    /// angle step raised to a power once) so that results track llama.cpp closely.
-    fn rotary(&self, pos: usize, t: usize, base: f32) -> Result<Rotary> {
-        let half = self.config.head_dim / 2;
-        let step = base.powf(-2.0 / self.config.head_dim as f32);
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for p in pos..pos + t {
-            let mut theta = p as f32;
-            for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
-                theta *= step;
-            }
-        }
-        Ok(Rotary {
-            cos: Tensor::from_vec(cos, (t, half), &self.device)?,
-            sin: Tensor::from_vec(sin, (t, half), &self.device)?,
-        })
-    }
-
-    fn apply_rotary(&self, x: &Tensor, rope: &Rotary) -> Result<Tensor> {
-        let x = x.unsqueeze(0)?;
-        // GGUF llama weights are permuted for interleaved pairs; Qwen2 and Gemma 3 rotate halves.
-        let rotated = match self.config.architecture {
-            Architecture::Llama => candle_nn::rotary_emb::rope_i(&x, &rope.cos, &rope.sin)?,
-            Architecture::Qwen2 | Architecture::Gemma3 => {
-                candle_nn::rotary_emb::rope(&x, &rope.cos, &rope.sin)?
-            }
-        };
-        Ok(rotated.squeeze(0)?)
-    }
-}
-
-/// GELU as ggml computes it (`GGML_GELU_FP16`): the input rounded to f16, looked up in a table
-/// of f16 results, and passed through unchanged beyond ±10. Matching it keeps Gemma's greedy
-/// outputs equal to llama.cpp's.
-fn gelu_f16_table(x: &Tensor) -> Result<Tensor> {
-    let table = round_f16(&round_f16(x)?.gelu()?)?;
-    let high = x.ge(10.0f32)?;
-    let low = x.le(-10.0f32)?;
-    let out = high.where_cond(x, &table)?;
-    Ok(low.where_cond(&out.zeros_like()?, &out)?)
-}
-
-fn round_f16(x: &Tensor) -> Result<Tensor> {
-    Ok(x.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
-}
-
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-    Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?)
 }

@@ -124,12 +124,8 @@ pub struct QuantizedMatrix<B> {
 
 /// A weight matrix that multiplies activations, whatever its block format.
 pub trait Product: Send + Sync {
-    /// Output values per token.
-    fn rows(&self) -> usize;
-    /// Input values per token.
-    fn cols(&self) -> usize;
     /// `x` (`tokens` rows of the matrix's column count) times the transposed matrix: `tokens`
-    /// rows of `rows()` values.
+    /// rows of the matrix's row count.
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32>;
     /// The given rows, as f32, one after the other: a tied embedding table's lookup.
     fn gather(&self, rows: &[u32]) -> Vec<f32>;
@@ -152,14 +148,6 @@ impl<B: WeightBlock> QuantizedMatrix<B> {
 }
 
 impl<B: WeightBlock> Product for QuantizedMatrix<B> {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn cols(&self) -> usize {
-        self.cols
-    }
-
     fn gather(&self, rows: &[u32]) -> Vec<f32> {
         let size = B::Activations::SIZE;
         let per_row = self.cols / size;
