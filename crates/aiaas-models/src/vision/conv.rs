@@ -1,6 +1,6 @@
 //! The convolutions of mobile networks on channels-last (NHWC) activations, batch norm already
-//! folded into their weights and biases: pointwise (1×1) convolutions as matrix products of
-//! the pixels by the weights (bf16 operands, f32 sums: `bf16_matmul`), the stem's full 3×3
+//! folded into their weights and biases: pointwise (1×1) convolutions as f32 matrix products of
+//! the pixels by the weights (an AVX-512 register tile, or portable code), the stem's full 3×3
 //! convolution as the same product on unrolled patches, and depthwise convolutions as loops
 //! over the channels, which the compiler vectorizes. Each pixel is computed the same way
 //! whatever the image's neighbours in a batch.
@@ -75,8 +75,19 @@ const GROUP: usize = 32;
 /// Pixels of one register tile: 8 pixels × 2 vectors of sums take 16 of the 32 vector
 /// registers, and each weight vector loaded serves 8 multiply-adds.
 const TILE_PIXELS: usize = 8;
-/// Pixels one task computes (rayon splits a layer's pixels into such tasks).
+/// Pixels one task computes at most (rayon splits a layer's pixels into such tasks).
 const TASK_PIXELS: usize = 64;
+
+/// Pixels one task computes when a layer's pixels are shared out among the threads: fewer than
+/// `TASK_PIXELS` in a small layer, so that each thread gets several tasks (the 7×7 layers' 49
+/// pixels were one task, and one core sat idle through a third of the network's work).
+fn task_pixels(pixels: usize) -> usize {
+    const TASKS_PER_THREAD: usize = 4;
+    let even_share = pixels.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads());
+    even_share
+        .next_multiple_of(TILE_PIXELS)
+        .clamp(TILE_PIXELS, TASK_PIXELS)
+}
 
 /// A 1×1 convolution, `[pixels, inputs] · [inputs, outputs] + bias`, in f32 on the channels-last
 /// activations as they are: a register tile of 8 pixels × 32 outputs walks the inputs, one
@@ -131,8 +142,12 @@ impl Pointwise {
     pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then, split: Split) {
         let pixels = x.len() / self.inputs;
         assert_eq!(out.len(), pixels * self.outputs);
-        for_each_chunk(out, TASK_PIXELS * self.outputs, split, |task, out| {
-            let first = task * TASK_PIXELS;
+        let task_pixels = match split {
+            Split::Threads => task_pixels(pixels),
+            Split::None => TASK_PIXELS,
+        };
+        for_each_chunk(out, task_pixels * self.outputs, split, |task, out| {
+            let first = task * task_pixels;
             let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
             vectorized(
                 #[inline(always)]
@@ -326,9 +341,12 @@ impl Stem {
 
 /// Channels of one AVX-512 vector.
 const LANES: usize = 16;
-/// Channels summed together in the depthwise loop: four vectors, four independent chains of
-/// additions (one alone would wait on the latency of each addition).
+/// Channels the depthwise kernel sums together: four vectors.
 const BLOCK: usize = 4 * LANES;
+/// Output pixels of a row computed together: four pixels × four vectors of sums take half the
+/// vector registers (sixteen independent chains of additions), and each weight vector loaded
+/// serves four multiply-adds.
+const RUN_PIXELS: usize = 4;
 
 /// A depthwise convolution (one `kernel`×`kernel` filter per channel) with ReLU6.
 pub struct Depthwise {
@@ -337,6 +355,7 @@ pub struct Depthwise {
     bias: Vec<f32>,
     kernel: usize,
     stride: usize,
+    code: Kernel,
 }
 
 impl Depthwise {
@@ -355,6 +374,7 @@ impl Depthwise {
             bias,
             kernel,
             stride,
+            code: Kernel::detect(),
         }
     }
 
@@ -377,71 +397,115 @@ impl Depthwise {
         });
     }
 
-    /// Output row `oy`.
+    /// Output row `oy`: the pixels whose taps all lie inside the image in runs of
+    /// `RUN_PIXELS`, which share each weight vector loaded; the others (at the borders, and
+    /// what is left of a run) one by one, with only their taps inside the image.
     #[inline(always)]
     fn row(&self, x: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
         let channels = self.bias.len();
-        let k = self.kernel;
-        // (input offset, weight offset) of each tap inside the image.
+        let (k, stride) = (self.kernel, self.stride);
+        let out_size = row.len() / channels;
+        // Column `ox`'s taps read inputs `ox·stride − pad ..= ox·stride − pad + k − 1`.
+        let last_inside = (size + pad)
+            .checked_sub(k)
+            .map_or(0, |last| last / stride + 1);
+        let inside = pad.div_ceil(stride)..last_inside;
+        let step = stride * channels;
         let mut taps = Vec::with_capacity(k * k);
-        for (ox, pixel) in row.chunks_exact_mut(channels).enumerate() {
-            taps.clear();
-            for ky in 0..k {
-                let Some(iy) = source(oy, ky, self.stride, pad, size) else {
-                    continue;
-                };
-                for kx in 0..k {
-                    if let Some(ix) = source(ox, kx, self.stride, pad, size) {
-                        taps.push(((iy * size + ix) * channels, (ky * k + kx) * channels));
-                    }
+        let mut ox = 0;
+        while ox < out_size {
+            self.taps(oy, ox, size, pad, &mut taps);
+            let out = &mut row[ox * channels..];
+            ox += if inside.contains(&ox) && inside.end - ox >= RUN_PIXELS {
+                self.pixels::<RUN_PIXELS>(x, &taps, step, out)
+            } else {
+                self.pixels::<1>(x, &taps, step, out)
+            };
+        }
+    }
+
+    /// Each tap inside the image of output pixel (`ox`, `oy`): its first input and weight.
+    #[inline(always)]
+    fn taps(&self, oy: usize, ox: usize, size: usize, pad: usize, taps: &mut Vec<(usize, usize)>) {
+        let (k, channels) = (self.kernel, self.bias.len());
+        taps.clear();
+        for ky in 0..k {
+            let Some(iy) = source(oy, ky, self.stride, pad, size) else {
+                continue;
+            };
+            for kx in 0..k {
+                if let Some(ix) = source(ox, kx, self.stride, pad, size) {
+                    taps.push(((iy * size + ix) * channels, (ky * k + kx) * channels));
                 }
             }
-            let mut start = 0;
+        }
+    }
+
+    /// `P` neighbouring output pixels (`out` from the first), whose inputs lie `step` values
+    /// apart and whose taps are all `taps` (the first pixel's); returns `P`.
+    #[inline(always)]
+    fn pixels<const P: usize>(
+        &self,
+        x: &[f32],
+        taps: &[(usize, usize)],
+        step: usize,
+        out: &mut [f32],
+    ) -> usize {
+        let channels = self.bias.len();
+        #[allow(unused_mut, reason = "only the vector kernel moves it")]
+        let mut start = 0;
+        #[cfg(target_arch = "x86_64")]
+        if let Kernel::Avx512(cpu) = self.code {
+            let run = |start| DepthwiseRun {
+                x,
+                weights: &self.weights,
+                bias: &self.bias,
+                taps,
+                step,
+                start,
+                channels,
+            };
             while start + BLOCK <= channels {
-                self.block::<BLOCK>(x, &taps, start, pixel);
+                cpu.depthwise::<{ BLOCK / LANES }, P>(run(start), out);
                 start += BLOCK;
             }
             while start + LANES <= channels {
-                self.block::<LANES>(x, &taps, start, pixel);
+                cpu.depthwise::<1, P>(run(start), out);
                 start += LANES;
             }
-            // The last channels when their count is not a multiple of 16.
-            let out = &mut pixel[start..];
+        }
+        // The channels the vector kernel leaves (all of them without AVX-512), pixel by pixel,
+        // with the same fused multiply-adds.
+        for p in 0..P {
+            let out = &mut out[p * channels..][start..channels];
             out.copy_from_slice(&self.bias[start..]);
-            for &(input, weight) in &taps {
-                let input = &x[input + start..][..out.len()];
+            for &(input, weight) in taps {
+                let input = &x[input + p * step + start..][..out.len()];
                 let weight = &self.weights[weight + start..][..out.len()];
                 for ((o, i), w) in out.iter_mut().zip(input).zip(weight) {
-                    *o += i * w;
+                    *o = i.mul_add(*w, *o);
                 }
             }
             for o in out.iter_mut() {
                 *o = o.clamp(0.0, 6.0);
             }
         }
+        P
     }
+}
 
-    /// Channels `start..start + W` of one output pixel, from its taps: fixed-size arrays, so
-    /// that the sums stay in registers.
-    #[inline(always)]
-    fn block<const W: usize>(
-        &self,
-        x: &[f32],
-        taps: &[(usize, usize)],
-        start: usize,
-        pixel: &mut [f32],
-    ) {
-        let mut sums: [f32; W] = self.bias[start..start + W].try_into().unwrap();
-        for &(input, weight) in taps {
-            let input: &[f32; W] = x[input + start..][..W].try_into().unwrap();
-            let weight: &[f32; W] = self.weights[weight + start..][..W].try_into().unwrap();
-            for lane in 0..W {
-                sums[lane] += input[lane] * weight[lane];
-            }
-        }
-        let out: &mut [f32; W] = (&mut pixel[start..start + W]).try_into().unwrap();
-        *out = sums.map(|s| s.clamp(0.0, 6.0));
-    }
+/// What the depthwise kernel reads for a run of output pixels: the layer's input, weights
+/// (`[taps, channels]`) and biases, the run's taps (first input and weight offsets of its
+/// first pixel), how far apart its pixels' inputs lie, and the first of the channels to
+/// compute.
+pub struct DepthwiseRun<'a> {
+    pub x: &'a [f32],
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    pub taps: &'a [(usize, usize)],
+    pub step: usize,
+    pub start: usize,
+    pub channels: usize,
 }
 
 #[cfg(test)]
@@ -487,10 +551,16 @@ mod tests {
         }
     }
 
-    /// Depthwise against the definition, on a small image with padding and stride 2.
+    /// Depthwise against the definition: with padding and stride 2; with runs of pixels
+    /// inside the image (stride 1, 5×5); channels not a multiple of 16.
     #[test]
     fn depthwise_matches_the_definition() {
-        let (size, channels, k, stride) = (7, 70, 3, 2);
+        for (size, channels, k, stride) in [(7, 70, 3, 2), (12, 40, 5, 1), (9, 16, 3, 1)] {
+            depthwise_case(size, channels, k, stride);
+        }
+    }
+
+    fn depthwise_case(size: usize, channels: usize, k: usize, stride: usize) {
         let x: Vec<f32> = (0..size * size * channels)
             .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
             .collect();

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use bytemuck::cast;
 
-use super::{Then, Tile, GROUP};
+use super::{DepthwiseRun, Then, Tile, GROUP};
 
 /// Proof that this CPU has AVX-512 F.
 #[derive(Clone, Copy)]
@@ -89,6 +89,79 @@ fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
             }
             // SAFETY: the lanes the mask stores are inside `out` (checked above).
             unsafe { _mm512_mask_storeu_ps(out[start + 16 * half..].as_mut_ptr(), mask, sum) };
+        }
+    }
+}
+
+impl Avx512 {
+    /// `P` neighbouring output pixels × `V` vectors of channels of a depthwise convolution;
+    /// see `depthwise_kernel`.
+    #[inline(always)]
+    pub fn depthwise<const V: usize, const P: usize>(self, run: DepthwiseRun<'_>, out: &mut [f32]) {
+        // SAFETY: as in `tile`.
+        unsafe { depthwise_kernel::<V, P>(run, out) }
+    }
+}
+
+/// Channels `start..start + 16·V` of `P` output pixels: `P × V` vectors of sums in registers,
+/// each tap's weight vectors loaded once for the `P` pixels, one fused multiply-add per
+/// pixel, vector and tap; then ReLU6 and the stores (pixel `p` at `p · channels` in `out`).
+#[target_feature(enable = "avx512f")]
+#[allow(
+    clippy::needless_range_loop,
+    reason = "indexed loops keep the sums in registers"
+)]
+fn depthwise_kernel<const V: usize, const P: usize>(run: DepthwiseRun<'_>, out: &mut [f32]) {
+    let DepthwiseRun {
+        x,
+        weights,
+        bias,
+        taps,
+        step,
+        start,
+        channels,
+    } = run;
+    let width = 16 * V;
+    assert!(start + width <= channels && bias.len() == channels);
+    assert!(out.len() >= (P - 1) * channels + start + width);
+    for &(input, weight) in taps {
+        assert!(input + (P - 1) * step + start + width <= x.len());
+        assert!(weight + start + width <= weights.len());
+    }
+    let mut sums = [[_mm512_setzero_ps(); V]; P];
+    for v in 0..V {
+        // SAFETY: inside `bias` (asserted above).
+        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(start + 16 * v)) };
+        for p in 0..P {
+            sums[p][v] = b;
+        }
+    }
+    for &(input, weight) in taps {
+        // SAFETY: these pointers, and the ones read below from them, stay inside `weights`
+        // and `x` (asserted above for every tap).
+        let (weights, inputs) = unsafe {
+            (
+                weights.as_ptr().add(weight + start),
+                x.as_ptr().add(input + start),
+            )
+        };
+        for v in 0..V {
+            // SAFETY: see above.
+            let w = unsafe { _mm512_loadu_ps(weights.add(16 * v)) };
+            for p in 0..P {
+                // SAFETY: see above.
+                let i = unsafe { _mm512_loadu_ps(inputs.add(p * step + 16 * v)) };
+                sums[p][v] = _mm512_fmadd_ps(i, w, sums[p][v]);
+            }
+        }
+    }
+    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    for p in 0..P {
+        for v in 0..V {
+            let sum = _mm512_min_ps(_mm512_max_ps(sums[p][v], zero), six);
+            let at = p * channels + start + 16 * v;
+            // SAFETY: inside `out` (asserted above).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), sum) };
         }
     }
 }
