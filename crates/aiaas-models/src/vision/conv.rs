@@ -309,43 +309,56 @@ impl Stem {
         self.product.outputs()
     }
 
+    /// Values `forward` unrolls the patches of a `size`×`size` image into.
+    pub fn patches_len(&self, size: usize) -> usize {
+        self.output_size(size).pow(2) * self.channels * self.kernel * self.kernel
+    }
+
     /// The convolution of a CHW image of `size`×`size` pixels, with ReLU6, into `out`
-    /// (channels-last, overwritten, of `output_size(size)`² pixels).
-    pub fn forward(&self, image: &[f32], size: usize, out: &mut [f32], split: Split) {
+    /// (channels-last, overwritten, of `output_size(size)`² pixels); `patches` (of
+    /// `patches_len(size)` values) is room for the unrolled patches.
+    pub fn forward(
+        &self,
+        image: &[f32],
+        size: usize,
+        patches: &mut [f32],
+        out: &mut [f32],
+        split: Split,
+    ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
-        let k = self.kernel;
+        let patch = self.channels * self.kernel * self.kernel;
+        for_each_chunk(patches, out_size * patch, split, |oy, row| {
+            self.patches_row(image, size, pad, oy, row)
+        });
+        self.product.forward(patches, out, Then::Relu6, split);
+    }
+
+    /// Output row `oy`'s patches (`row`), each in the weights' order (channel, row, column),
+    /// zeros in the padding. Tap after tap, so that each tap's input row is found once and its
+    /// values are read in order.
+    fn patches_row(&self, image: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
+        let (k, stride) = (self.kernel, self.stride);
         let patch = self.channels * k * k;
-        // Each output pixel's patch in the weights' order: channel, row, column.
-        let mut patches = vec![0f32; out_size * out_size * patch];
-        for_each_chunk(&mut patches, out_size * patch, split, |oy, row| {
-            // Taps outermost: each tap's source pixel found once for all channels.
-            for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
-                for ky in 0..k {
-                    let Some(iy) = source(oy, ky, self.stride, pad, size) else {
-                        continue;
-                    };
-                    for kx in 0..k {
-                        let Some(ix) = source(ox, kx, self.stride, pad, size) else {
-                            continue;
+        for (c, plane) in image.chunks_exact(size * size).enumerate() {
+            for ky in 0..k {
+                let line = source(oy, ky, stride, pad, size).map(|iy| &plane[iy * size..][..size]);
+                for kx in 0..k {
+                    let tap = (c * k + ky) * k + kx;
+                    for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
+                        patch[tap] = match (line, source(ox, kx, stride, pad, size)) {
+                            (Some(line), Some(ix)) => line[ix],
+                            _ => 0.0,
                         };
-                        for (c, plane) in image.chunks_exact(size * size).enumerate() {
-                            patch[(c * k + ky) * k + kx] = plane[iy * size + ix];
-                        }
                     }
                 }
             }
-        });
-        self.product.forward(&patches, out, Then::Relu6, split);
+        }
     }
 }
 
-/// Channels of one AVX-512 vector.
-const LANES: usize = 16;
-/// Channels the depthwise kernel sums together: four vectors.
-const BLOCK: usize = 4 * LANES;
-/// Output pixels of a row computed together: four pixels × four vectors of sums take half the
-/// vector registers (sixteen independent chains of additions), and each weight vector loaded
-/// serves four multiply-adds.
+/// Output pixels of a row computed together: four pixels × four vectors of channels take half
+/// the vector registers (sixteen independent chains of additions), and each weight vector
+/// loaded serves four multiply-adds.
 const RUN_PIXELS: usize = 4;
 
 /// A depthwise convolution (one `kernel`×`kernel` filter per channel) with ReLU6.
@@ -452,28 +465,7 @@ impl Depthwise {
         out: &mut [f32],
     ) -> usize {
         let channels = self.bias.len();
-        #[allow(unused_mut, reason = "only the vector kernel moves it")]
-        let mut start = 0;
-        #[cfg(target_arch = "x86_64")]
-        if let Kernel::Avx512(cpu) = self.code {
-            let run = |start| DepthwiseRun {
-                x,
-                weights: &self.weights,
-                bias: &self.bias,
-                taps,
-                step,
-                start,
-                channels,
-            };
-            while start + BLOCK <= channels {
-                cpu.depthwise::<{ BLOCK / LANES }, P>(run(start), out);
-                start += BLOCK;
-            }
-            while start + LANES <= channels {
-                cpu.depthwise::<1, P>(run(start), out);
-                start += LANES;
-            }
-        }
+        let start = self.vector_channels::<P>(x, taps, step, out);
         // The channels the vector kernel leaves (all of them without AVX-512), pixel by pixel,
         // with the same fused multiply-adds.
         for p in 0..P {
@@ -492,20 +484,43 @@ impl Depthwise {
         }
         P
     }
+
+    /// The channels of `pixels`' run that the vector kernel computes: how many (none without
+    /// one).
+    #[inline(always)]
+    fn vector_channels<const P: usize>(
+        &self,
+        x: &[f32],
+        taps: &[(usize, usize)],
+        step: usize,
+        out: &mut [f32],
+    ) -> usize {
+        match self.code {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(cpu) => {
+                let run = DepthwiseRun {
+                    x,
+                    weights: &self.weights,
+                    bias: &self.bias,
+                    taps,
+                    step,
+                };
+                cpu.depthwise::<P>(run, out)
+            }
+            Kernel::Portable => 0,
+        }
+    }
 }
 
 /// What the depthwise kernel reads for a run of output pixels: the layer's input, weights
 /// (`[taps, channels]`) and biases, the run's taps (first input and weight offsets of its
-/// first pixel), how far apart its pixels' inputs lie, and the first of the channels to
-/// compute.
+/// first pixel) and how far apart its pixels' inputs lie.
 pub struct DepthwiseRun<'a> {
     pub x: &'a [f32],
     pub weights: &'a [f32],
     pub bias: &'a [f32],
     pub taps: &'a [(usize, usize)],
     pub step: usize,
-    pub start: usize,
-    pub channels: usize,
 }
 
 #[cfg(test)]

@@ -247,8 +247,9 @@ impl EfficientNet {
         let (mut scratch, [mut x, mut out]) = taken.ok().flatten().unwrap_or_default();
         let mut size = self.stem.output_size(INPUT_SIZE);
         let mut len = size * size * self.stem.outputs();
+        let patches = sized(&mut scratch.expanded, self.stem.patches_len(INPUT_SIZE));
         self.stem
-            .forward(image, INPUT_SIZE, sized(&mut x, len), split);
+            .forward(image, INPUT_SIZE, patches, sized(&mut x, len), split);
         for block in &self.blocks {
             size = block.forward(&x[..len], size, &mut scratch, &mut out, split);
             len = size * size * block.project.outputs();

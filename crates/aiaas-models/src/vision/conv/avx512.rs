@@ -94,63 +94,81 @@ fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
 }
 
 impl Avx512 {
-    /// `P` neighbouring output pixels × `V` vectors of channels of a depthwise convolution;
-    /// see `depthwise_kernel`.
+    /// The channels that whole vectors hold of `P` neighbouring output pixels of a depthwise
+    /// convolution (see `depthwise_kernel`); returns how many.
     #[inline(always)]
-    pub fn depthwise<const V: usize, const P: usize>(self, run: DepthwiseRun<'_>, out: &mut [f32]) {
+    pub fn depthwise<const P: usize>(self, run: DepthwiseRun<'_>, out: &mut [f32]) -> usize {
         // SAFETY: as in `tile`.
-        unsafe { depthwise_kernel::<V, P>(run, out) }
+        unsafe { depthwise_kernel::<P>(run, out) }
     }
 }
 
-/// Channels `start..start + 16·V` of `P` output pixels: `P × V` vectors of sums in registers,
-/// each tap's weight vectors loaded once for the `P` pixels, one fused multiply-add per
-/// pixel, vector and tap; then ReLU6 and the stores (pixel `p` at `p · channels` in `out`).
+/// Output pixel `p` of the run at `p · channels` in `out`. Every read and write is checked
+/// against the slices once for the run; then blocks of four vectors of channels (and one block
+/// of the vectors left) go through `depthwise_block`.
 #[target_feature(enable = "avx512f")]
+fn depthwise_kernel<const P: usize>(run: DepthwiseRun<'_>, out: &mut [f32]) -> usize {
+    let channels = run.bias.len();
+    let vector_channels = channels / 16 * 16;
+    assert!(out.len() >= (P - 1) * channels + vector_channels);
+    for &(input, weight) in run.taps {
+        assert!(input + (P - 1) * run.step + channels <= run.x.len());
+        assert!(weight + channels <= run.weights.len());
+    }
+    let mut start = 0;
+    // SAFETY (each block): its channels lie inside `vector_channels`, checked above.
+    while start + 64 <= vector_channels {
+        unsafe { depthwise_block::<4, P>(&run, start, out) };
+        start += 64;
+    }
+    match (vector_channels - start) / 16 {
+        3 => unsafe { depthwise_block::<3, P>(&run, start, out) },
+        2 => unsafe { depthwise_block::<2, P>(&run, start, out) },
+        1 => unsafe { depthwise_block::<1, P>(&run, start, out) },
+        _ => {}
+    }
+    vector_channels
+}
+
+/// Channels `start..start + 16·V` of the run's `P` pixels: `P × V` vectors of sums in
+/// registers, each tap's weight vectors loaded once for the `P` pixels, one fused multiply-add
+/// per pixel, vector and tap; then ReLU6 and the stores.
+///
+/// # Safety
+/// `depthwise_kernel`'s checks hold for these channels: every tap's inputs for the `P` pixels
+/// and its weights, the biases, and the pixels' outputs lie inside their slices.
+#[target_feature(enable = "avx512f")]
+#[inline]
 #[allow(
     clippy::needless_range_loop,
     reason = "indexed loops keep the sums in registers"
 )]
-fn depthwise_kernel<const V: usize, const P: usize>(run: DepthwiseRun<'_>, out: &mut [f32]) {
-    let DepthwiseRun {
-        x,
-        weights,
-        bias,
-        taps,
-        step,
-        start,
-        channels,
-    } = run;
-    let width = 16 * V;
-    assert!(start + width <= channels && bias.len() == channels);
-    assert!(out.len() >= (P - 1) * channels + start + width);
-    for &(input, weight) in taps {
-        assert!(input + (P - 1) * step + start + width <= x.len());
-        assert!(weight + start + width <= weights.len());
-    }
+unsafe fn depthwise_block<const V: usize, const P: usize>(
+    run: &DepthwiseRun<'_>,
+    start: usize,
+    out: &mut [f32],
+) {
+    let channels = run.bias.len();
     let mut sums = [[_mm512_setzero_ps(); V]; P];
     for v in 0..V {
-        // SAFETY: inside `bias` (asserted above).
-        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(start + 16 * v)) };
+        // SAFETY: inside `bias` (the caller's contract).
+        let b = unsafe { _mm512_loadu_ps(run.bias.as_ptr().add(start + 16 * v)) };
         for p in 0..P {
             sums[p][v] = b;
         }
     }
-    for &(input, weight) in taps {
-        // SAFETY: these pointers, and the ones read below from them, stay inside `weights`
-        // and `x` (asserted above for every tap).
+    for &(input, weight) in run.taps {
+        // SAFETY (this and the reads below): inside `weights` and `x` (the caller's contract).
         let (weights, inputs) = unsafe {
             (
-                weights.as_ptr().add(weight + start),
-                x.as_ptr().add(input + start),
+                run.weights.as_ptr().add(weight + start),
+                run.x.as_ptr().add(input + start),
             )
         };
         for v in 0..V {
-            // SAFETY: see above.
             let w = unsafe { _mm512_loadu_ps(weights.add(16 * v)) };
             for p in 0..P {
-                // SAFETY: see above.
-                let i = unsafe { _mm512_loadu_ps(inputs.add(p * step + 16 * v)) };
+                let i = unsafe { _mm512_loadu_ps(inputs.add(p * run.step + 16 * v)) };
                 sums[p][v] = _mm512_fmadd_ps(i, w, sums[p][v]);
             }
         }
@@ -159,9 +177,8 @@ fn depthwise_kernel<const V: usize, const P: usize>(run: DepthwiseRun<'_>, out: 
     for p in 0..P {
         for v in 0..V {
             let sum = _mm512_min_ps(_mm512_max_ps(sums[p][v], zero), six);
-            let at = p * channels + start + 16 * v;
-            // SAFETY: inside `out` (asserted above).
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), sum) };
+            // SAFETY: inside `out` (the caller's contract).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(p * channels + start + 16 * v), sum) };
         }
     }
 }
