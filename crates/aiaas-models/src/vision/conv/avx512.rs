@@ -1,7 +1,8 @@
 //! The AVX-512 tile of the pointwise convolution: `R` pixels × 32 outputs of sums in registers
-//! (two vectors a pixel) while the inputs stream past, each input value broadcast and
-//! multiplied into both vectors by one fused multiply-add; then what follows the convolution,
-//! applied in registers, and a (masked, for the last outputs) store.
+//! (two vectors a pixel; one for a layer's last 16 outputs or fewer) while the inputs stream
+//! past, each input value broadcast and multiplied into each vector by one fused multiply-add;
+//! then what follows the convolution, applied in registers, and a (masked, for the last
+//! outputs) store.
 //!
 //! The kernel is a `#[target_feature]` function, undefined behaviour on a CPU without those
 //! instructions: `Avx512` is a token only `detect` creates, after checking, and its method is
@@ -24,26 +25,40 @@ impl Avx512 {
         is_x86_feature_detected!("avx512f").then_some(Self(()))
     }
 
-    /// One tile; see `tile`.
+    /// One tile; see `tile_kernel`. A group of at most 16 outputs (the last of a layer whose
+    /// outputs are not a multiple of 32) takes one vector of sums a pixel instead of two.
     #[inline(always)]
     pub fn tile<const R: usize>(self, tile: Tile<'_>, out: &mut [f32], then: Then) {
         // SAFETY: `self` exists only where `detect` found the features the kernel is compiled
         // for.
-        unsafe { tile_kernel::<R>(tile, out, then) }
+        unsafe {
+            if tile.columns <= 16 {
+                tile_kernel::<R, 1>(tile, out, then)
+            } else {
+                tile_kernel::<R, 2>(tile, out, then)
+            }
+        }
     }
 }
 
-/// Writes the tile's outputs into `out` (its `R` rows, from the tile's first pixel).
+/// Writes the tile's outputs into `out` (its `R` rows, from the tile's first pixel), `N` (1 or
+/// 2) vectors of the group's outputs a pixel.
 #[target_feature(enable = "avx512f")]
 #[allow(
     clippy::needless_range_loop,
     reason = "indexed loops keep the sums in registers (see below)"
 )]
-fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
+fn tile_kernel<const R: usize, const N: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
     let inputs = tile.weights.len();
     assert!(tile.x.len() >= R * inputs);
+    assert!(N == 2 || tile.columns <= 16 * N);
     let bias: [__m512; 2] = cast(*tile.bias);
-    let mut sums = [bias; R];
+    let mut sums = [[bias[0]; N]; R];
+    for r in 0..R {
+        for half in 0..N {
+            sums[r][half] = bias[half];
+        }
+    }
     // Plain index loops without bounds checks, which LLVM unrolls over the pixels so that the
     // sums stay in registers (with iterators and checks it kept them on the stack).
     for (k, weights) in tile.weights.iter().enumerate() {
@@ -51,8 +66,9 @@ fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
         for r in 0..R {
             // SAFETY: `x` holds `R` rows of `inputs` values (asserted above).
             let value = _mm512_set1_ps(unsafe { *tile.x.get_unchecked(r * inputs + k) });
-            sums[r][0] = _mm512_fmadd_ps(value, weights[0], sums[r][0]);
-            sums[r][1] = _mm512_fmadd_ps(value, weights[1], sums[r][1]);
+            for half in 0..N {
+                sums[r][half] = _mm512_fmadd_ps(value, weights[half], sums[r][half]);
+            }
         }
     }
     let (columns, outputs) = (tile.columns, tile.outputs);
@@ -67,7 +83,7 @@ fn tile_kernel<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
     for r in 0..R {
         let start = r * outputs + tile.first_column;
         let global = (tile.first_pixel + r) * outputs + tile.first_column;
-        for half in 0..2 {
+        for half in 0..N {
             let (mut sum, mask) = (sums[r][half], masks[half]);
             if mask == 0 {
                 continue;
