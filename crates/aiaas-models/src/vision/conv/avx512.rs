@@ -53,12 +53,8 @@ fn tile_kernel<const R: usize, const N: usize>(tile: Tile<'_>, out: &mut [f32], 
     assert!(tile.x.len() >= R * inputs);
     assert!(N == 2 || tile.columns <= 16 * N);
     let bias: [__m512; 2] = cast(*tile.bias);
-    let mut sums = [[bias[0]; N]; R];
-    for r in 0..R {
-        for half in 0..N {
-            sums[r][half] = bias[half];
-        }
-    }
+    let pixel: [__m512; N] = std::array::from_fn(|half| bias[half]);
+    let mut sums = [pixel; R];
     // Plain index loops without bounds checks, which LLVM unrolls over the pixels so that the
     // sums stay in registers (with iterators and checks it kept them on the stack).
     for (k, weights) in tile.weights.iter().enumerate() {
