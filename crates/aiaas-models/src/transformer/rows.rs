@@ -20,12 +20,8 @@ fn rows_per_task(width: usize) -> usize {
 
 /// RMS norm of each row of `x` (rows of `weight.len()` values), scaled by `weight`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    let width = weight.len();
-    out.par_chunks_mut(width)
-        .zip(x.par_chunks(width))
-        .with_min_len(rows_per_task(width))
-        .for_each(|(out, x)| rms_norm_row(x, weight, eps, out));
+    let mut out = x.to_vec();
+    rms_norm_in_place(&mut out, weight, eps);
     out
 }
 
@@ -40,13 +36,6 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
                 *v = *v / m * w;
             }
         });
-}
-
-fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let m = root_mean_square(x, eps);
-    for ((out, v), w) in out.iter_mut().zip(x).zip(weight) {
-        *out = *v / m * w;
-    }
 }
 
 fn root_mean_square(x: &[f32], eps: f32) -> f32 {

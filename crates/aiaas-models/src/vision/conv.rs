@@ -1,9 +1,9 @@
 //! The convolutions of mobile networks on channels-last (NHWC) activations, batch norm already
 //! folded into their weights and biases: pointwise (1×1) convolutions as f32 matrix products of
 //! the pixels by the weights (an AVX-512 register tile, or portable code), the stem's full 3×3
-//! convolution as the same product on unrolled patches, and depthwise convolutions as loops
-//! over the channels, which the compiler vectorizes. Each pixel is computed the same way
-//! whatever the image's neighbours in a batch.
+//! convolution as the same product on unrolled patches, and depthwise convolutions over runs of
+//! a row's pixels (an AVX-512 kernel, or portable code for the channels it leaves). Each pixel
+//! is computed the same way whatever the image's neighbours in a batch.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -368,6 +368,7 @@ pub struct Depthwise {
     bias: Vec<f32>,
     kernel: usize,
     stride: usize,
+    /// Which code computes the runs (`kernel` is the filter's size).
     code: Kernel,
 }
 
@@ -465,7 +466,21 @@ impl Depthwise {
         out: &mut [f32],
     ) -> usize {
         let channels = self.bias.len();
-        let start = self.vector_channels::<P>(x, taps, step, out);
+        // The channels whole vectors hold, in the vector kernel: how many.
+        let start = match self.code {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(cpu) => {
+                let run = DepthwiseRun {
+                    x,
+                    weights: &self.weights,
+                    bias: &self.bias,
+                    taps,
+                    step,
+                };
+                cpu.depthwise::<P>(run, out)
+            }
+            Kernel::Portable => 0,
+        };
         // The channels the vector kernel leaves (all of them without AVX-512), pixel by pixel,
         // with the same fused multiply-adds.
         for p in 0..P {
@@ -483,32 +498,6 @@ impl Depthwise {
             }
         }
         P
-    }
-
-    /// The channels of `pixels`' run that the vector kernel computes: how many (none without
-    /// one).
-    #[inline(always)]
-    fn vector_channels<const P: usize>(
-        &self,
-        x: &[f32],
-        taps: &[(usize, usize)],
-        step: usize,
-        out: &mut [f32],
-    ) -> usize {
-        match self.code {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(cpu) => {
-                let run = DepthwiseRun {
-                    x,
-                    weights: &self.weights,
-                    bias: &self.bias,
-                    taps,
-                    step,
-                };
-                cpu.depthwise::<P>(run, out)
-            }
-            Kernel::Portable => 0,
-        }
     }
 }
 

@@ -247,6 +247,8 @@ impl EfficientNet {
         let (mut scratch, [mut x, mut out]) = taken.ok().flatten().unwrap_or_default();
         let mut size = self.stem.output_size(INPUT_SIZE);
         let mut len = size * size * self.stem.outputs();
+        // The blocks' expansion buffer is free until the first block: the stem unrolls its
+        // patches there.
         let patches = sized(&mut scratch.expanded, self.stem.patches_len(INPUT_SIZE));
         self.stem
             .forward(image, INPUT_SIZE, patches, sized(&mut x, len), split);
