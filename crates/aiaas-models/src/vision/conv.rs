@@ -78,15 +78,20 @@ const TILE_PIXELS: usize = 8;
 /// Pixels one task computes at most (rayon splits a layer's pixels into such tasks).
 const TASK_PIXELS: usize = 64;
 
-/// Pixels one task computes when a layer's pixels are shared out among the threads: fewer than
-/// `TASK_PIXELS` in a small layer, so that each thread gets several tasks (the 7×7 layers' 49
-/// pixels were one task, and one core sat idle through a third of the network's work).
+/// Pixels one task computes at least, where a layer has that many: a task runs each group of
+/// weights over all its pixels, so the group is read from the L2 cache once for three tiles
+/// (tasks of one tile read every weight of a 7×7 layer's from L2 for each 8 pixels).
+const MIN_TASK_PIXELS: usize = 24;
+
+/// Pixels one task computes when a layer's pixels are shared out among the threads: an even
+/// share, fewer than `TASK_PIXELS` in a small layer so that each thread gets several tasks
+/// (the 7×7 layers' 49 pixels were one task, and one core sat idle through a third of the
+/// network's work), but not fewer than `MIN_TASK_PIXELS`.
 fn task_pixels(pixels: usize) -> usize {
     const TASKS_PER_THREAD: usize = 4;
-    let even_share = pixels.div_ceil(TASKS_PER_THREAD * rayon::current_num_threads());
-    even_share
-        .next_multiple_of(TILE_PIXELS)
-        .clamp(TILE_PIXELS, TASK_PIXELS)
+    let tasks =
+        (pixels / MIN_TASK_PIXELS).clamp(1, TASKS_PER_THREAD * rayon::current_num_threads());
+    pixels.div_ceil(tasks).min(TASK_PIXELS)
 }
 
 /// A 1×1 convolution, `[pixels, inputs] · [inputs, outputs] + bias`, in f32 on the channels-last
@@ -170,7 +175,6 @@ impl Pointwise {
         {
             let first_column = group * GROUP;
             let columns = GROUP.min(outputs - first_column);
-            // Whole tiles, then the rest in smaller ones.
             let mut done = 0;
             while done < pixels {
                 let tile = |rows: usize| Tile {
@@ -183,10 +187,17 @@ impl Pointwise {
                     columns,
                 };
                 let out = &mut out[done * outputs..];
-                done += match pixels - done {
+                // The pixels left in tiles of equal size (25: 7, 6, 6, 6): a tile of one or
+                // two pixels loads each weight vector for one or two multiply-adds.
+                let left = pixels - done;
+                done += match left.div_ceil(left.div_ceil(TILE_PIXELS)) {
                     TILE_PIXELS.. => self.tile::<TILE_PIXELS>(tile(TILE_PIXELS), out, then),
-                    4.. => self.tile::<4>(tile(4), out, then),
-                    2.. => self.tile::<2>(tile(2), out, then),
+                    7 => self.tile::<7>(tile(7), out, then),
+                    6 => self.tile::<6>(tile(6), out, then),
+                    5 => self.tile::<5>(tile(5), out, then),
+                    4 => self.tile::<4>(tile(4), out, then),
+                    3 => self.tile::<3>(tile(3), out, then),
+                    2 => self.tile::<2>(tile(2), out, then),
                     _ => self.tile::<1>(tile(1), out, then),
                 };
             }

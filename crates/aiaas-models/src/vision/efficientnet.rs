@@ -276,22 +276,29 @@ impl EfficientNet {
         pooled
     }
 
-    /// The classifier on each image's features, classes shared out among the threads.
+    /// The classifier on each image's features, classes shared out among the threads in
+    /// blocks (a task per class would cost more in scheduling than its one dot product).
     fn classify(&self, features: &[Vec<f32>]) -> Vec<f32> {
-        let classes = self.classes();
+        const CLASSES_PER_TASK: usize = 64;
+        let (classes, images) = (self.classes(), features.len());
         let width = self.classifier.len() / classes;
-        let mut by_class = vec![0f32; classes * features.len()];
+        let mut by_class = vec![0f32; classes * images];
         by_class
-            .par_chunks_mut(features.len())
-            .zip(self.classifier.par_chunks(width))
-            .zip(&self.classifier_bias)
-            .for_each(|((out, weights), bias)| {
-                for (o, f) in out.iter_mut().zip(features) {
-                    *o = bias + dot(weights, f);
+            .par_chunks_mut(images * CLASSES_PER_TASK)
+            .zip(self.classifier.par_chunks(width * CLASSES_PER_TASK))
+            .zip(self.classifier_bias.par_chunks(CLASSES_PER_TASK))
+            .for_each(|((out, weights), biases)| {
+                let rows = out
+                    .chunks_exact_mut(images)
+                    .zip(weights.chunks_exact(width));
+                for ((out, weights), bias) in rows.zip(biases) {
+                    for (o, f) in out.iter_mut().zip(features) {
+                        *o = bias + dot(weights, f);
+                    }
                 }
             });
-        let mut logits = vec![0f32; features.len() * classes];
-        for (class, scores) in by_class.chunks_exact(features.len()).enumerate() {
+        let mut logits = vec![0f32; images * classes];
+        for (class, scores) in by_class.chunks_exact(images).enumerate() {
             for (image, score) in scores.iter().enumerate() {
                 logits[image * classes + class] = *score;
             }
