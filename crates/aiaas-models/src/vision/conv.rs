@@ -422,9 +422,9 @@ impl Depthwise {
         });
     }
 
-    /// Output row `oy`: the pixels whose taps all lie inside the image in runs of
-    /// `RUN_PIXELS`, which share each weight vector loaded; the others (at the borders, and
-    /// what is left of a run) one by one, with only their taps inside the image.
+    /// Output row `oy`: the pixels whose taps all lie inside the image in runs of up to
+    /// `RUN_PIXELS`, which share each weight vector loaded; the others (at the borders) one by
+    /// one, with only their taps inside the image.
     #[inline(always)]
     fn row(&self, x: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
         let channels = self.bias.len();
@@ -436,14 +436,26 @@ impl Depthwise {
             .map_or(0, |last| last / stride + 1);
         let inside = pad.div_ceil(stride)..last_inside;
         let step = stride * channels;
+        // Every pixel inside has the first one's taps, `step` values further along per pixel:
+        // found once for the row.
+        let mut inside_taps = Vec::with_capacity(k * k);
+        if !inside.is_empty() {
+            self.taps(oy, inside.start, size, pad, &mut inside_taps);
+        }
         let mut taps = Vec::with_capacity(k * k);
         let mut ox = 0;
         while ox < out_size {
-            self.taps(oy, ox, size, pad, &mut taps);
             let out = &mut row[ox * channels..];
-            ox += if inside.contains(&ox) && inside.end - ox >= RUN_PIXELS {
-                self.pixels::<RUN_PIXELS>(x, &taps, step, out)
+            ox += if inside.contains(&ox) {
+                let (x, taps) = (&x[(ox - inside.start) * step..], &inside_taps);
+                match inside.end - ox {
+                    RUN_PIXELS.. => self.pixels::<RUN_PIXELS>(x, taps, step, out),
+                    3 => self.pixels::<3>(x, taps, step, out),
+                    2 => self.pixels::<2>(x, taps, step, out),
+                    _ => self.pixels::<1>(x, taps, step, out),
+                }
             } else {
+                self.taps(oy, ox, size, pad, &mut taps);
                 self.pixels::<1>(x, &taps, step, out)
             };
         }
@@ -570,7 +582,9 @@ mod tests {
     /// inside the image (stride 1, 5×5); channels not a multiple of 16.
     #[test]
     fn depthwise_matches_the_definition() {
-        for (size, channels, k, stride) in [(7, 70, 3, 2), (12, 40, 5, 1), (9, 16, 3, 1)] {
+        for (size, channels, k, stride) in
+            [(7, 70, 3, 2), (12, 40, 5, 1), (9, 16, 3, 1), (7, 32, 5, 1)]
+        {
             depthwise_case(size, channels, k, stride);
         }
     }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::conv::{Depthwise, Pointwise, Split, Stem, Then};
 use super::ImagePreprocessing;
-use crate::fast_math::dot;
+use crate::fast_math::{dot, vectorized};
 use crate::torch_legacy::{self, StateDict};
 use crate::{ModelError, Result};
 
@@ -291,11 +291,16 @@ impl EfficientNet {
                 let rows = out
                     .chunks_exact_mut(images)
                     .zip(weights.chunks_exact(width));
-                for ((out, weights), bias) in rows.zip(biases) {
-                    for (o, f) in out.iter_mut().zip(features) {
-                        *o = bias + dot(weights, f);
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((out, weights), bias) in rows.zip(biases) {
+                            for (o, f) in out.iter_mut().zip(features) {
+                                *o = bias + dot(weights, f);
+                            }
+                        }
+                    },
+                )
             });
         let mut logits = vec![0f32; images * classes];
         for (class, scores) in by_class.chunks_exact(images).enumerate() {
