@@ -371,6 +371,10 @@ impl Stem {
 /// the vector registers (sixteen independent chains of additions), and each weight vector
 /// loaded serves four multiply-adds.
 const RUN_PIXELS: usize = 4;
+/// Output pixels of a row computed together at stride 1, where the vector kernel slides along
+/// the inputs (one vector of channels at a time: eight sums, and each input loaded once for up
+/// to `kernel` of them).
+const SLIDING_RUN_PIXELS: usize = 8;
 
 /// A depthwise convolution (one `kernel`×`kernel` filter per channel) with ReLU6.
 pub struct Depthwise {
@@ -449,6 +453,9 @@ impl Depthwise {
             ox += if inside.contains(&ox) {
                 let (x, taps) = (&x[(ox - inside.start) * step..], &inside_taps);
                 match inside.end - ox {
+                    SLIDING_RUN_PIXELS.. if stride == 1 => {
+                        self.pixels::<SLIDING_RUN_PIXELS>(x, taps, step, out)
+                    }
                     RUN_PIXELS.. => self.pixels::<RUN_PIXELS>(x, taps, step, out),
                     3 => self.pixels::<3>(x, taps, step, out),
                     2 => self.pixels::<2>(x, taps, step, out),
@@ -500,7 +507,13 @@ impl Depthwise {
                     taps,
                     step,
                 };
-                cpu.depthwise::<P>(run, out)
+                // Stride 1 and every tap inside: a sliding window along each row of taps.
+                let sliding = step == channels && taps.len() == self.kernel * self.kernel;
+                match (sliding, self.kernel) {
+                    (true, 3) => cpu.depthwise_sliding::<P, 3>(run, out),
+                    (true, 5) => cpu.depthwise_sliding::<P, 5>(run, out),
+                    _ => cpu.depthwise::<P>(run, out),
+                }
             }
             Kernel::Portable => 0,
         };
@@ -582,9 +595,13 @@ mod tests {
     /// inside the image (stride 1, 5×5); channels not a multiple of 16.
     #[test]
     fn depthwise_matches_the_definition() {
-        for (size, channels, k, stride) in
-            [(7, 70, 3, 2), (12, 40, 5, 1), (9, 16, 3, 1), (7, 32, 5, 1)]
-        {
+        for (size, channels, k, stride) in [
+            (7, 70, 3, 2),
+            (12, 40, 5, 1),
+            (9, 16, 3, 1),
+            (7, 32, 5, 1),
+            (12, 32, 3, 1),
+        ] {
             depthwise_case(size, channels, k, stride);
         }
     }

@@ -113,6 +113,73 @@ impl Avx512 {
         // SAFETY: as in `tile`.
         unsafe { depthwise_kernel::<P>(run, out) }
     }
+
+    /// The same for a stride-1 run inside the image of a `K`×`K` filter (see
+    /// `sliding_kernel`).
+    #[inline(always)]
+    pub fn depthwise_sliding<const P: usize, const K: usize>(
+        self,
+        run: DepthwiseRun<'_>,
+        out: &mut [f32],
+    ) -> usize {
+        // SAFETY: as in `tile`.
+        unsafe { sliding_kernel::<P, K>(run, out) }
+    }
+}
+
+/// A stride-1 run of `P` pixels whose taps are the whole `K`×`K` grid (rows of `K` neighbouring
+/// inputs), one vector of channels at a time: along each row of taps, each input vector is
+/// loaded once and serves every pixel whose window holds it (up to `K`), and the row's `K`
+/// weight vectors stay in registers. Per vector of outputs, `P + K − 1` input loads per row of
+/// taps instead of `P · K`. Each pixel's sum takes the taps in the same order as
+/// `depthwise_block`'s, so the results are the same to the bit.
+#[target_feature(enable = "avx512f")]
+#[allow(
+    clippy::needless_range_loop,
+    reason = "indexed loops keep the sums in registers"
+)]
+fn sliding_kernel<const P: usize, const K: usize>(run: DepthwiseRun<'_>, out: &mut [f32]) -> usize {
+    let channels = run.bias.len();
+    let vector_channels = channels / 16 * 16;
+    assert!(run.step == channels && run.taps.len() == K * K);
+    assert!(out.len() >= (P - 1) * channels + vector_channels);
+    for row in run.taps.chunks_exact(K) {
+        let (input, weight) = row[0];
+        for (kx, &tap) in row.iter().enumerate() {
+            assert!(tap == (input + kx * channels, weight + kx * channels));
+        }
+        assert!(input + (P + K - 1) * channels <= run.x.len());
+        assert!(weight + K * channels <= run.weights.len());
+    }
+    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    for start in (0..vector_channels).step_by(16) {
+        // SAFETY (each load and store): inside the slices, checked above for every row of
+        // taps, column and pixel.
+        let mut sums = [unsafe { _mm512_loadu_ps(run.bias.as_ptr().add(start)) }; P];
+        for row in run.taps.chunks_exact(K) {
+            let (input, weight) = row[0];
+            let (inputs, weights) = unsafe {
+                (
+                    run.x.as_ptr().add(input + start),
+                    run.weights.as_ptr().add(weight + start),
+                )
+            };
+            let w: [__m512; K] =
+                std::array::from_fn(|kx| unsafe { _mm512_loadu_ps(weights.add(kx * channels)) });
+            for column in 0..P + K - 1 {
+                let i = unsafe { _mm512_loadu_ps(inputs.add(column * channels)) };
+                // Pixel p reads this column as its tap `column − p`.
+                for p in column.saturating_sub(K - 1)..P.min(column + 1) {
+                    sums[p] = _mm512_fmadd_ps(i, w[column - p], sums[p]);
+                }
+            }
+        }
+        for p in 0..P {
+            let sum = _mm512_min_ps(_mm512_max_ps(sums[p], zero), six);
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(p * channels + start), sum) };
+        }
+    }
+    vector_channels
 }
 
 /// Output pixel `p` of the run at `p · channels` in `out`. Every read and write is checked
