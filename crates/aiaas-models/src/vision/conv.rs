@@ -345,21 +345,37 @@ impl Stem {
     }
 
     /// Output row `oy`'s patches (`row`), each in the weights' order (channel, row, column),
-    /// zeros in the padding. Tap after tap, so that each tap's input row is found once and its
-    /// values are read in order.
+    /// zeros in the padding. Pixel after pixel, each patch written in order: a patch inside the
+    /// image copies `kernel` neighbouring inputs per channel and kernel row.
     fn patches_row(&self, image: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
         let (k, stride) = (self.kernel, self.stride);
         let patch = self.channels * k * k;
-        for (c, plane) in image.chunks_exact(size * size).enumerate() {
-            for ky in 0..k {
-                let line = source(oy, ky, stride, pad, size).map(|iy| &plane[iy * size..][..size]);
-                for kx in 0..k {
-                    let tap = (c * k + ky) * k + kx;
-                    for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
-                        patch[tap] = match (line, source(ox, kx, stride, pad, size)) {
-                            (Some(line), Some(ix)) => line[ix],
-                            _ => 0.0,
-                        };
+        let planes = || image.chunks_exact(size * size);
+        for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
+            // The first input column of the patch, when all its columns are inside.
+            let first = (ox * stride)
+                .checked_sub(pad)
+                .filter(|first| first + k <= size);
+            let mut taps = patch.chunks_exact_mut(k);
+            for plane in planes() {
+                for ky in 0..k {
+                    let taps = taps.next().expect("a patch holds channels × kernel rows");
+                    let Some(iy) = source(oy, ky, stride, pad, size) else {
+                        taps.fill(0.0);
+                        continue;
+                    };
+                    let line = &plane[iy * size..][..size];
+                    match first {
+                        Some(first) => {
+                            for (tap, value) in taps.iter_mut().zip(&line[first..]) {
+                                *tap = *value;
+                            }
+                        }
+                        None => {
+                            for (kx, tap) in taps.iter_mut().enumerate() {
+                                *tap = source(ox, kx, stride, pad, size).map_or(0.0, |ix| line[ix]);
+                            }
+                        }
                     }
                 }
             }
@@ -519,6 +535,9 @@ impl Depthwise {
         };
         // The channels the vector kernel leaves (all of them without AVX-512), pixel by pixel,
         // with the same fused multiply-adds.
+        if start == channels {
+            return P;
+        }
         for p in 0..P {
             let out = &mut out[p * channels..][start..channels];
             out.copy_from_slice(&self.bias[start..]);
@@ -587,6 +606,50 @@ mod tests {
                 let expected = dot + bias[o] + residual[p * outputs + o];
                 let got = out[p * outputs + o];
                 assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+            }
+        }
+    }
+
+    /// The stem against the definition (a full convolution of a CHW image, ReLU6), on sizes
+    /// whose "same" padding lies on one side (even) and on both (odd).
+    #[test]
+    fn stem_matches_the_definition() {
+        let (channels, outputs, k, stride) = (3, 20, 3, 2);
+        for size in [10, 9] {
+            let image: Vec<f32> = (0..channels * size * size)
+                .map(|i| ((i * 29) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let weights: Vec<f32> = (0..outputs * channels * k * k)
+                .map(|i| ((i * 11) % 9) as f32 * 0.1 - 0.4)
+                .collect();
+            let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.02).collect();
+            let stem = Stem::new(&weights, bias.clone(), channels, k, stride);
+            let out_size = stem.output_size(size);
+            let mut patches = vec![f32::NAN; stem.patches_len(size)];
+            let mut out = vec![f32::NAN; out_size * out_size * outputs];
+            stem.forward(&image, size, &mut patches, &mut out, Split::Threads);
+            let (_, pad) = same_padding(size, k, stride);
+            for (pixel, got) in out.chunks_exact(outputs).enumerate() {
+                let (oy, ox) = (pixel / out_size, pixel % out_size);
+                for (o, got) in got.iter().enumerate() {
+                    let mut sum = bias[o];
+                    for c in 0..channels {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (Some(iy), Some(ix)) = (
+                                    source(oy, ky, stride, pad, size),
+                                    source(ox, kx, stride, pad, size),
+                                ) else {
+                                    continue;
+                                };
+                                sum += image[(c * size + iy) * size + ix]
+                                    * weights[((o * channels + c) * k + ky) * k + kx];
+                            }
+                        }
+                    }
+                    let expected = sum.clamp(0.0, 6.0);
+                    assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+                }
             }
         }
     }

@@ -130,7 +130,7 @@ impl Avx512 {
 /// A stride-1 run of `P` pixels whose taps are the whole `K`×`K` grid (rows of `K` neighbouring
 /// inputs), one vector of channels at a time: along each row of taps, each input vector is
 /// loaded once and serves every pixel whose window holds it (up to `K`), and the row's `K`
-/// weight vectors stay in registers. Per vector of outputs, `P + K − 1` input loads per row of
+/// weight vectors and `P + K − 1` input vectors stay in registers. Per vector of outputs, `P + K − 1` input loads per row of
 /// taps instead of `P · K`. Each pixel's sum takes the taps in the same order as
 /// `depthwise_block`'s, so the results are the same to the bit.
 #[target_feature(enable = "avx512f")]
@@ -139,6 +139,8 @@ impl Avx512 {
     reason = "indexed loops keep the sums in registers"
 )]
 fn sliding_kernel<const P: usize, const K: usize>(run: DepthwiseRun<'_>, out: &mut [f32]) -> usize {
+    const MAX_COLUMNS: usize = 16;
+    const { assert!(P + K - 1 <= MAX_COLUMNS) };
     let channels = run.bias.len();
     let vector_channels = channels / 16 * 16;
     assert!(run.step == channels && run.taps.len() == K * K);
@@ -166,11 +168,15 @@ fn sliding_kernel<const P: usize, const K: usize>(run: DepthwiseRun<'_>, out: &m
             };
             let w: [__m512; K] =
                 std::array::from_fn(|kx| unsafe { _mm512_loadu_ps(weights.add(kx * channels)) });
+            // The row's `P + K − 1` input columns (constant bounds, so that the loops unroll
+            // and everything stays in registers); pixel p's tap kx reads column p + kx.
+            let mut columns = [_mm512_setzero_ps(); MAX_COLUMNS];
             for column in 0..P + K - 1 {
-                let i = unsafe { _mm512_loadu_ps(inputs.add(column * channels)) };
-                // Pixel p reads this column as its tap `column − p`.
-                for p in column.saturating_sub(K - 1)..P.min(column + 1) {
-                    sums[p] = _mm512_fmadd_ps(i, w[column - p], sums[p]);
+                columns[column] = unsafe { _mm512_loadu_ps(inputs.add(column * channels)) };
+            }
+            for kx in 0..K {
+                for p in 0..P {
+                    sums[p] = _mm512_fmadd_ps(columns[p + kx], w[kx], sums[p]);
                 }
             }
         }
