@@ -149,7 +149,7 @@ fn efficientnet_lite0_classifies_a_photo_as_the_reference_does() {
 
     // In a batch, between a mirrored copy and a darker one, the crop gets the same scores.
     let darker: Vec<f32> = input.iter().map(|v| v * 0.5).collect();
-    let batch = [mirrored(&input, side), input.clone(), darker].concat();
+    let batch = [mirrored(&input, side), input.clone(), darker.clone()].concat();
     let logits = model.forward(&batch, 3);
     let classes = model.classes();
     let in_batch = softmax(&logits[classes..2 * classes]);
@@ -157,6 +157,25 @@ fn efficientnet_lite0_classifies_a_photo_as_the_reference_does() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(difference <= 1e-5, "batched vs alone: {difference}");
+    // In a batch large enough for each of two threads to take whole images (nine, their
+    // layers unsplit), the crop among them.
+    let others = [mirrored(&input, side), darker];
+    let large: Vec<f32> = (0..9)
+        .flat_map(|i| if i == 5 { &input } else { &others[i % 2] }.iter().copied())
+        .collect();
+    let two_threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let logits = two_threads.install(|| model.forward(&large, 9));
+    let in_large_batch = softmax(&logits[5 * classes..6 * classes]);
+    let difference = (in_large_batch.iter().zip(&probabilities))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        difference <= 1e-5,
+        "in a batch of nine vs alone: {difference}"
+    );
 
     // From the JPEG: the same classes in the same order, each within 0.005 of the reference.
     let photo = std::fs::read(images.join(reference["image"].as_str().unwrap())).unwrap();

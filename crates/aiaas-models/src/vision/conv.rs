@@ -83,15 +83,21 @@ const TASK_PIXELS: usize = 64;
 /// (tasks of one tile read every weight of a 7×7 layer's from L2 for each 8 pixels).
 const MIN_TASK_PIXELS: usize = 24;
 
-/// Pixels one task computes when a layer's pixels are shared out among the threads: an even
-/// share, fewer than `TASK_PIXELS` in a small layer so that each thread gets several tasks
-/// (the 7×7 layers' 49 pixels were one task, and one core sat idle through a third of the
-/// network's work), but not fewer than `MIN_TASK_PIXELS`.
-fn task_pixels(pixels: usize) -> usize {
+/// Pixels one task computes: the layer's pixels shared out evenly among the fewest tasks of at
+/// most `TASK_PIXELS` (196 pixels: four tasks of 49, not three of 64 and one of 4 that would
+/// read every weight for 4 pixels). When the tasks go to the threads, more of them, so that
+/// each thread gets several (the 7×7 layers' 49 pixels were one task, and one core sat idle
+/// through a third of the network's work), but not smaller than `MIN_TASK_PIXELS`.
+fn task_pixels(pixels: usize, split: Split) -> usize {
     const TASKS_PER_THREAD: usize = 4;
-    let tasks =
-        (pixels / MIN_TASK_PIXELS).clamp(1, TASKS_PER_THREAD * rayon::current_num_threads());
-    pixels.div_ceil(tasks).min(TASK_PIXELS)
+    let fewest = pixels.div_ceil(TASK_PIXELS);
+    let tasks = match split {
+        Split::Threads => fewest.max(
+            (pixels / MIN_TASK_PIXELS).clamp(1, TASKS_PER_THREAD * rayon::current_num_threads()),
+        ),
+        Split::None => fewest,
+    };
+    pixels.div_ceil(tasks.max(1)).max(1)
 }
 
 /// A 1×1 convolution, `[pixels, inputs] · [inputs, outputs] + bias`, in f32 on the channels-last
@@ -147,10 +153,7 @@ impl Pointwise {
     pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then, split: Split) {
         let pixels = x.len() / self.inputs;
         assert_eq!(out.len(), pixels * self.outputs);
-        let task_pixels = match split {
-            Split::Threads => task_pixels(pixels),
-            Split::None => TASK_PIXELS,
-        };
+        let task_pixels = task_pixels(pixels, split);
         for_each_chunk(out, task_pixels * self.outputs, split, |task, out| {
             let first = task * task_pixels;
             let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
