@@ -83,13 +83,16 @@ const TASK_PIXELS: usize = 64;
 /// (tasks of one tile read every weight of a 7×7 layer's from L2 for each 8 pixels).
 const MIN_TASK_PIXELS: usize = 24;
 
+/// Tasks each thread gets when a layer is shared out among the threads: several, so that one
+/// slow task does not leave the other threads idle for long at the end.
+const TASKS_PER_THREAD: usize = 4;
+
 /// Pixels one task computes: the layer's pixels shared out evenly among the fewest tasks of at
 /// most `TASK_PIXELS` (196 pixels: four tasks of 49, not three of 64 and one of 4 that would
 /// read every weight for 4 pixels). When the tasks go to the threads, more of them, so that
 /// each thread gets several (the 7×7 layers' 49 pixels were one task, and one core sat idle
 /// through a third of the network's work), but not smaller than `MIN_TASK_PIXELS`.
 fn task_pixels(pixels: usize, split: Split) -> usize {
-    const TASKS_PER_THREAD: usize = 4;
     let fewest = pixels.div_ceil(TASK_PIXELS);
     let tasks = match split {
         Split::Threads => fewest.max(
@@ -153,57 +156,119 @@ impl Pointwise {
     pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then, split: Split) {
         let pixels = x.len() / self.inputs;
         assert_eq!(out.len(), pixels * self.outputs);
+        let threads = rayon::current_num_threads();
+        let groups = self.bias.len();
+        if matches!(split, Split::Threads)
+            && pixels < MIN_TASK_PIXELS * TASKS_PER_THREAD * threads
+            && groups > 1
+        {
+            return self.forward_by_groups(x, out, then, threads);
+        }
         let task_pixels = task_pixels(pixels, split);
         for_each_chunk(out, task_pixels * self.outputs, split, |task, out| {
             let first = task * task_pixels;
             let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
             vectorized(
                 #[inline(always)]
-                || self.pixels(x, out, first, then),
+                || {
+                    for group in 0..groups {
+                        let columns = GROUP.min(self.outputs - group * GROUP);
+                        let layout = (self.outputs, group * GROUP, columns);
+                        self.group_pixels(group, x, out, layout, first, then);
+                    }
+                },
             );
         });
     }
 
-    /// Consecutive pixels from `first`, group after group of outputs: a group's weights stay
-    /// in the L1 cache while they serve all the task's pixels.
-    #[inline(always)]
-    fn pixels(&self, x: &[f32], out: &mut [f32], first: usize, then: Then) {
+    /// `forward` on the threads for a layer with too few pixels to give each thread several
+    /// tasks of them (7×7: two of 25 and 24 pixels; one slow task leaves the other thread
+    /// idle for a tenth of a millisecond): tasks of groups of outputs over all the pixels, each
+    /// writing its groups' sums into a buffer of its own, then the sums laid out as rows, with
+    /// what follows.
+    fn forward_by_groups(&self, x: &[f32], out: &mut [f32], then: Then, threads: usize) {
         let (inputs, outputs) = (self.inputs, self.outputs);
-        let pixels = out.len() / outputs;
-        for (group, (weights, bias)) in self
-            .weights
-            .chunks_exact(inputs)
-            .zip(&self.bias)
+        let pixels = x.len() / inputs;
+        let groups = self.bias.len();
+        let groups_per_task = (groups / (TASKS_PER_THREAD * threads)).max(1);
+        let group_len = pixels * GROUP;
+        let mut by_group = vec![0f32; groups * group_len];
+        by_group
+            .par_chunks_mut(groups_per_task * group_len)
             .enumerate()
-        {
-            let first_column = group * GROUP;
-            let columns = GROUP.min(outputs - first_column);
-            let mut done = 0;
-            while done < pixels {
-                let tile = |rows: usize| Tile {
-                    x: &x[done * inputs..][..rows * inputs],
-                    weights,
-                    bias,
-                    outputs,
-                    first_pixel: first + done,
-                    first_column,
-                    columns,
-                };
-                let out = &mut out[done * outputs..];
-                // The pixels left in tiles of equal size (25: 7, 6, 6, 6): a tile of one or
-                // two pixels loads each weight vector for one or two multiply-adds.
-                let left = pixels - done;
-                done += match left.div_ceil(left.div_ceil(TILE_PIXELS)) {
-                    TILE_PIXELS.. => self.tile::<TILE_PIXELS>(tile(TILE_PIXELS), out, then),
-                    7 => self.tile::<7>(tile(7), out, then),
-                    6 => self.tile::<6>(tile(6), out, then),
-                    5 => self.tile::<5>(tile(5), out, then),
-                    4 => self.tile::<4>(tile(4), out, then),
-                    3 => self.tile::<3>(tile(3), out, then),
-                    2 => self.tile::<2>(tile(2), out, then),
-                    _ => self.tile::<1>(tile(1), out, then),
-                };
-            }
+            .for_each(|(task, sums)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (g, sums) in sums.chunks_exact_mut(group_len).enumerate() {
+                            let group = task * groups_per_task + g;
+                            let layout = (GROUP, 0, GROUP);
+                            self.group_pixels(group, x, sums, layout, 0, Then::Nothing);
+                        }
+                    },
+                )
+            });
+        out.par_chunks_mut(TILE_PIXELS * outputs)
+            .enumerate()
+            .for_each(|(chunk, rows)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (r, row) in rows.chunks_exact_mut(outputs).enumerate() {
+                            let pixel = chunk * TILE_PIXELS + r;
+                            for (group, values) in row.chunks_mut(GROUP).enumerate() {
+                                let sums = &by_group[group * group_len + pixel * GROUP..];
+                                values.copy_from_slice(&sums[..values.len()]);
+                                then.apply(values, pixel * outputs + group * GROUP);
+                            }
+                        }
+                    },
+                )
+            });
+    }
+
+    /// One group of outputs of consecutive pixels from `first`: its weights stay in the L1
+    /// cache while they serve all the pixels. `out` holds rows of `stride` values, the group's
+    /// `columns` outputs from `first_column` of each.
+    #[inline(always)]
+    fn group_pixels(
+        &self,
+        group: usize,
+        x: &[f32],
+        out: &mut [f32],
+        (stride, first_column, columns): (usize, usize, usize),
+        first: usize,
+        then: Then,
+    ) {
+        let inputs = self.inputs;
+        let weights = &self.weights[group * inputs..][..inputs];
+        let bias = &self.bias[group];
+        let pixels = x.len() / inputs;
+        let mut done = 0;
+        while done < pixels {
+            let tile = |rows: usize| Tile {
+                x: &x[done * inputs..][..rows * inputs],
+                weights,
+                bias,
+                outputs: stride,
+                first_pixel: first + done,
+                first_column,
+                columns,
+            };
+            let out = &mut out[done * stride..];
+            // The pixels left in tiles of equal size (25: 7, 6, 6, 6): a tile of one or two
+            // pixels loads each weight vector for one or two multiply-adds.
+            let left = pixels - done;
+            done += match left.div_ceil(left.div_ceil(TILE_PIXELS)) {
+                TILE_PIXELS.. => self.tile::<TILE_PIXELS>(tile(TILE_PIXELS), out, then),
+                7 => self.tile::<7>(tile(7), out, then),
+                6 => self.tile::<6>(tile(6), out, then),
+                5 => self.tile::<5>(tile(5), out, then),
+                4 => self.tile::<4>(tile(4), out, then),
+                3 => self.tile::<3>(tile(3), out, then),
+                2 => self.tile::<2>(tile(2), out, then),
+                _ => self.tile::<1>(tile(1), out, then),
+            };
         }
     }
 
@@ -583,32 +648,35 @@ mod tests {
     }
 
     /// Pointwise against the definition: outputs not a multiple of the group, pixels not a
-    /// multiple of the tile, a residual added; on the threads and on one alike.
+    /// multiple of the tile, a residual added; on the threads (with few pixels, tasks of
+    /// groups of outputs; with more on two threads, tasks of pixels) and on one alike.
     #[test]
     fn pointwise_matches_the_definition() {
-        let (pixels, inputs, outputs) = (75, 24, 40);
-        let x: Vec<f32> = (0..pixels * inputs)
-            .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
-            .collect();
-        let weights: Vec<f32> = (0..outputs * inputs)
-            .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
-            .collect();
-        let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.01).collect();
-        let residual: Vec<f32> = (0..pixels * outputs).map(|i| (i % 5) as f32).collect();
-        let conv = Pointwise::new(&weights, &bias);
-        let mut out = vec![f32::NAN; pixels * outputs];
-        conv.forward(&x, &mut out, Then::Add(&residual), Split::Threads);
-        let mut alone = vec![f32::NAN; pixels * outputs];
-        conv.forward(&x, &mut alone, Then::Add(&residual), Split::None);
-        assert_eq!(out, alone);
-        for p in 0..pixels {
-            for o in 0..outputs {
-                let dot: f32 = (0..inputs)
-                    .map(|i| x[p * inputs + i] * weights[o * inputs + i])
-                    .sum();
-                let expected = dot + bias[o] + residual[p * outputs + o];
-                let got = out[p * outputs + o];
-                assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+        let (inputs, outputs) = (24, 40);
+        for pixels in [75, 400] {
+            let x: Vec<f32> = (0..pixels * inputs)
+                .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let weights: Vec<f32> = (0..outputs * inputs)
+                .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
+                .collect();
+            let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.01).collect();
+            let residual: Vec<f32> = (0..pixels * outputs).map(|i| (i % 5) as f32).collect();
+            let conv = Pointwise::new(&weights, &bias);
+            let mut out = vec![f32::NAN; pixels * outputs];
+            conv.forward(&x, &mut out, Then::Add(&residual), Split::Threads);
+            let mut alone = vec![f32::NAN; pixels * outputs];
+            conv.forward(&x, &mut alone, Then::Add(&residual), Split::None);
+            assert_eq!(out, alone);
+            for p in 0..pixels {
+                for o in 0..outputs {
+                    let dot: f32 = (0..inputs)
+                        .map(|i| x[p * inputs + i] * weights[o * inputs + i])
+                        .sum();
+                    let expected = dot + bias[o] + residual[p * outputs + o];
+                    let got = out[p * outputs + o];
+                    assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+                }
             }
         }
     }
