@@ -418,36 +418,49 @@ impl Stem {
     fn patches_row(&self, image: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
         let (k, stride) = (self.kernel, self.stride);
         let patch = self.channels * k * k;
-        let planes = || image.chunks_exact(size * size);
+        // The input line each channel and kernel row reads (none in the padding), found once
+        // for the row.
+        let lines: Vec<Option<&[f32]>> = image
+            .chunks_exact(size * size)
+            .flat_map(|plane| {
+                (0..k).map(move |ky| {
+                    source(oy, ky, stride, pad, size).map(|iy| &plane[iy * size..][..size])
+                })
+            })
+            .collect();
         for (ox, patch) in row.chunks_exact_mut(patch).enumerate() {
             // The first input column of the patch, when all its columns are inside.
             let first = (ox * stride)
                 .checked_sub(pad)
                 .filter(|first| first + k <= size);
-            let mut taps = patch.chunks_exact_mut(k);
-            for plane in planes() {
-                for ky in 0..k {
-                    let taps = taps.next().expect("a patch holds channels × kernel rows");
-                    let Some(iy) = source(oy, ky, stride, pad, size) else {
-                        taps.fill(0.0);
-                        continue;
-                    };
-                    let line = &plane[iy * size..][..size];
-                    match first {
-                        Some(first) => {
-                            for (tap, value) in taps.iter_mut().zip(&line[first..]) {
-                                *tap = *value;
-                            }
-                        }
-                        None => {
-                            for (kx, tap) in taps.iter_mut().enumerate() {
-                                *tap = source(ox, kx, stride, pad, size).map_or(0.0, |ix| line[ix]);
-                            }
+            for (taps, line) in patch.chunks_exact_mut(k).zip(&lines) {
+                match (line, first) {
+                    (None, _) => taps.fill(0.0),
+                    (Some(line), Some(first)) => copy_taps(taps, &line[first..][..k]),
+                    (Some(line), None) => {
+                        for (kx, tap) in taps.iter_mut().enumerate() {
+                            *tap = source(ox, kx, stride, pad, size).map_or(0.0, |ix| line[ix]);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `to.copy_from_slice(from)`, as three moves for a 3×3 kernel's row (a call to `memcpy` per
+/// three values cost more than the copy).
+#[inline(always)]
+fn copy_taps(to: &mut [f32], from: &[f32]) {
+    if let (Ok(to), Ok(from)) = (
+        <&mut [f32; 3]>::try_from(&mut *to),
+        <&[f32; 3]>::try_from(from),
+    ) {
+        *to = *from;
+        return;
+    }
+    for (t, f) in to.iter_mut().zip(from) {
+        *t = *f;
     }
 }
 
