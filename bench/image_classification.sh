@@ -16,7 +16,7 @@ cache="${AIAAS_CACHE:-$HOME/.cache/aiaas}"
 "$bin" models fetch efficientnet-lite0 --cache-only >/dev/null
 checkpoint="$cache/models/efficientnet-lite0/efficientnet-lite0-57934424.pth"
 echo "model: efficientnet-lite0 ($checkpoint), $threads threads, $repetitions repetitions"
-# ROUNDS=N (default 1): N rounds of ours then theirs, each round's table printed, then the
+# ROUNDS=N (default 1): N rounds of ours and theirs, each round's table printed, then the
 # median ratio per batch size: on a shared host whose speed swings within minutes, the median
 # of side-by-side rounds is steadier than any single round.
 rounds="${ROUNDS:-1}"
@@ -24,9 +24,22 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 all_ratios=""
 for round in $(seq "$rounds"); do
     echo "# round $round"
-    ours=$(RAYON_NUM_THREADS="$threads" "$bin" bench "$checkpoint" --batch-sizes "$batches" \
-        --repetitions "$repetitions" | grep '^| [0-9]')
-    theirs=$("$python" bench/efficientnet_onnx.py "$checkpoint" "$threads" "$repetitions" "$batches")
+    run_ours() {
+        RAYON_NUM_THREADS="$threads" "$bin" bench "$checkpoint" --batch-sizes "$batches" \
+            --repetitions "$repetitions" | grep '^| [0-9]'
+    }
+    run_theirs() {
+        "$python" bench/efficientnet_onnx.py "$checkpoint" "$threads" "$repetitions" "$batches"
+    }
+    # Ours first in odd rounds, theirs first in even ones: neither always runs on the heels
+    # of the other's load.
+    if [ $((round % 2)) -eq 1 ]; then
+        ours=$(run_ours)
+        theirs=$(run_theirs)
+    else
+        theirs=$(run_theirs)
+        ours=$(run_ours)
+    fi
     echo "| batch | aiaas images/s | onnxruntime images/s | aiaas / onnxruntime |"
     echo "| ----- | -------------- | -------------------- | ------------------- |"
     table=$(join -t'|' -j2 <(echo "$ours" | sort -t'|' -k2,2) <(echo "$theirs" | sort -t'|' -k2,2) |

@@ -38,6 +38,37 @@ fn for_each_chunk(
     }
 }
 
+/// Pixels a strip of rows holds, about, when a row-wise step and the 1×1 convolution after it
+/// run strip by strip (see `for_each_strip`).
+const STRIP_PIXELS: usize = 112;
+/// Output rows an image needs for its steps to run strip by strip: fewer, and the strips would
+/// be too few to share out among the threads (and too short to serve each weight loaded).
+const STRIP_MIN_ROWS: usize = 28;
+
+/// `f(first row, the strip's rows of mid, its rows of out)` for the strips of `rows` image
+/// rows of an intermediate tensor (`mid`, `mid_row` values a row) and of the output made from
+/// it (`out_row` values a row): the intermediate rows are made and used while they are in the
+/// cache, and the two steps take one pass over the threads instead of two.
+fn for_each_strip(
+    (mid, mid_row): (&mut [f32], usize),
+    (out, out_row): (&mut [f32], usize),
+    rows: usize,
+    split: Split,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    let (mid_strip, out_strip) = (rows * mid_row, rows * out_row);
+    match split {
+        Split::Threads => mid
+            .par_chunks_mut(mid_strip)
+            .zip(out.par_chunks_mut(out_strip))
+            .enumerate()
+            .for_each(|(strip, (mid, out))| f(strip * rows, mid, out)),
+        Split::None => (mid.chunks_mut(mid_strip).zip(out.chunks_mut(out_strip)))
+            .enumerate()
+            .for_each(|(strip, (mid, out))| f(strip * rows, mid, out)),
+    }
+}
+
 /// What follows a convolution's bias.
 #[derive(Clone, Copy)]
 pub enum Then<'a> {
@@ -49,7 +80,16 @@ pub enum Then<'a> {
     Add(&'a [f32]),
 }
 
-impl Then<'_> {
+impl<'a> Then<'a> {
+    /// What follows for the outputs from the `first`th on (a residual from its `first`th
+    /// value).
+    fn from(self, first: usize) -> Then<'a> {
+        match self {
+            Self::Add(residual) => Self::Add(&residual[first..]),
+            other => other,
+        }
+    }
+
     /// Applies what follows to sums that already hold the bias; `offset` is the index of the
     /// first of them in the layer's output.
     #[inline(always)]
@@ -406,10 +446,15 @@ impl Stem {
     ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
         let patch = self.channels * self.kernel * self.kernel;
-        for_each_chunk(patches, out_size * patch, split, |oy, row| {
-            self.patches_row(image, size, pad, oy, row)
+        let rows = STRIP_PIXELS.div_ceil(out_size);
+        let mid = (patches, out_size * patch);
+        let outputs = (out, out_size * self.outputs());
+        for_each_strip(mid, outputs, rows, split, |first, patches, out| {
+            for (oy, row) in (first..).zip(patches.chunks_exact_mut(out_size * patch)) {
+                self.patches_row(image, size, pad, oy, row);
+            }
+            self.product.forward(patches, out, Then::Relu6, Split::None);
         });
-        self.product.forward(patches, out, Then::Relu6, split);
     }
 
     /// Output row `oy`'s patches (`row`), each in the weights' order (channel, row, column),
@@ -520,6 +565,43 @@ impl Depthwise {
                 #[inline(always)]
                 || self.row(x, size, pad, oy, row),
             );
+        });
+    }
+
+    /// The convolution of a `size`×`size` channels-last image into `hidden` (overwritten, of
+    /// `output_size(size)`² pixels), then `project` from `hidden` into `out` with `then`. On an
+    /// output of at least `STRIP_MIN_ROWS` rows, strip by strip of rows, each strip projected
+    /// while it is in the cache.
+    pub fn forward_projected(
+        &self,
+        x: &[f32],
+        size: usize,
+        hidden: &mut [f32],
+        (project, out, then): (&Pointwise, &mut [f32], Then),
+        split: Split,
+    ) {
+        let (out_size, pad) = same_padding(size, self.kernel, self.stride);
+        if out_size < STRIP_MIN_ROWS {
+            self.forward(x, size, hidden, split);
+            project.forward(hidden, out, then, split);
+            return;
+        }
+        let channels = self.bias.len();
+        assert_eq!(hidden.len(), out_size * out_size * channels);
+        let rows = STRIP_PIXELS.div_ceil(out_size);
+        let mid = (hidden, out_size * channels);
+        let outputs = (out, out_size * project.outputs());
+        for_each_strip(mid, outputs, rows, split, |first, hidden, out| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (oy, row) in (first..).zip(hidden.chunks_exact_mut(out_size * channels)) {
+                        self.row(x, size, pad, oy, row);
+                    }
+                },
+            );
+            let then = then.from(first * out_size * project.outputs());
+            project.forward(hidden, out, then, Split::None);
         });
     }
 
@@ -699,7 +781,8 @@ mod tests {
     #[test]
     fn stem_matches_the_definition() {
         let (channels, outputs, k, stride) = (3, 20, 3, 2);
-        for size in [10, 9] {
+        // 61: a 31-row output, in strips of four rows.
+        for size in [10, 9, 61] {
             let image: Vec<f32> = (0..channels * size * size)
                 .map(|i| ((i * 29) % 13) as f32 * 0.1 - 0.6)
                 .collect();
@@ -750,6 +833,48 @@ mod tests {
             (12, 32, 3, 1),
         ] {
             depthwise_case(size, channels, k, stride);
+        }
+    }
+
+    /// The depthwise convolution and the projection after it, strip by strip (outputs of 28
+    /// rows and more), equal to the two run one after the other, to the bit: stride 1 with a
+    /// residual, stride 2 without; on the threads and on one.
+    #[test]
+    fn projected_strips_equal_the_two_passes() {
+        let (channels, outputs) = (48, 24);
+        for (size, k, stride, residual) in [(30, 3, 1, true), (58, 5, 2, false)] {
+            let x: Vec<f32> = (0..size * size * channels)
+                .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let weights: Vec<f32> = (0..channels * k * k)
+                .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
+                .collect();
+            let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.01).collect();
+            let depthwise = Depthwise::new(&weights, bias, k, stride);
+            let project_weights: Vec<f32> = (0..outputs * channels)
+                .map(|i| ((i * 7) % 5) as f32 * 0.1 - 0.2)
+                .collect();
+            let project = Pointwise::new(&project_weights, &vec![0.5; outputs]);
+            let out_size = depthwise.output_size(size);
+            let pixels = out_size * out_size;
+            let residual_values: Vec<f32> = (0..pixels * outputs).map(|i| (i % 3) as f32).collect();
+            let then = if residual {
+                Then::Add(&residual_values)
+            } else {
+                Then::Nothing
+            };
+            let mut hidden = vec![f32::NAN; pixels * channels];
+            let mut expected = vec![f32::NAN; pixels * outputs];
+            depthwise.forward(&x, size, &mut hidden, Split::None);
+            project.forward(&hidden, &mut expected, then, Split::None);
+            for split in [Split::Threads, Split::None] {
+                let mut strips_hidden = vec![f32::NAN; pixels * channels];
+                let mut out = vec![f32::NAN; pixels * outputs];
+                let projected = (&project, out.as_mut_slice(), then);
+                depthwise.forward_projected(&x, size, &mut strips_hidden, projected, split);
+                assert_eq!(strips_hidden, hidden);
+                assert_eq!(out, expected);
+            }
         }
     }
 

@@ -69,19 +69,14 @@ impl Block {
     ) -> usize {
         let out_size = self.depthwise.output_size(size);
         let hidden_len = out_size * out_size * self.project.inputs();
-        let hidden = match &self.expand {
+        let hidden = sized(&mut scratch.hidden, hidden_len);
+        let input = match &self.expand {
             Some(expand) => {
                 let expanded = sized(&mut scratch.expanded, size * size * expand.outputs());
                 expand.forward(x, expanded, Then::Relu6, split);
-                let hidden = sized(&mut scratch.hidden, hidden_len);
-                self.depthwise.forward(expanded, size, hidden, split);
-                hidden
+                &*expanded
             }
-            None => {
-                let hidden = sized(&mut scratch.hidden, hidden_len);
-                self.depthwise.forward(x, size, hidden, split);
-                hidden
-            }
+            None => x,
         };
         let then = if self.residual {
             Then::Add(x)
@@ -89,7 +84,9 @@ impl Block {
             Then::Nothing
         };
         let out = sized(out, out_size * out_size * self.project.outputs());
-        self.project.forward(hidden, out, then, split);
+        let project = (&self.project, out, then);
+        self.depthwise
+            .forward_projected(input, size, hidden, project, split);
         out_size
     }
 }
