@@ -10,6 +10,7 @@ mod avx512;
 
 use rayon::prelude::*;
 
+use crate::dense::each_row;
 use crate::fast_math::vectorized;
 
 /// Whether a layer shares its pixels out among the threads (an image alone) or runs on the
@@ -248,23 +249,13 @@ impl Pointwise {
                     },
                 )
             });
-        out.par_chunks_mut(TILE_PIXELS * outputs)
-            .enumerate()
-            .for_each(|(chunk, rows)| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (r, row) in rows.chunks_exact_mut(outputs).enumerate() {
-                            let pixel = chunk * TILE_PIXELS + r;
-                            for (group, values) in row.chunks_mut(GROUP).enumerate() {
-                                let sums = &by_group[group * group_len + pixel * GROUP..];
-                                values.copy_from_slice(&sums[..values.len()]);
-                                then.apply(values, pixel * outputs + group * GROUP);
-                            }
-                        }
-                    },
-                )
-            });
+        each_row(out, outputs, |pixel, row| {
+            for (group, values) in row.chunks_mut(GROUP).enumerate() {
+                let sums = &by_group[group * group_len + pixel * GROUP..];
+                values.copy_from_slice(&sums[..values.len()]);
+                then.apply(values, pixel * outputs + group * GROUP);
+            }
+        });
     }
 
     /// One group of outputs of consecutive pixels from `first`: its weights stay in the L1
@@ -843,13 +834,7 @@ mod tests {
     fn projected_strips_equal_the_two_passes() {
         let (channels, outputs) = (48, 24);
         for (size, k, stride, residual) in [(30, 3, 1, true), (58, 5, 2, false)] {
-            let x: Vec<f32> = (0..size * size * channels)
-                .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
-                .collect();
-            let weights: Vec<f32> = (0..channels * k * k)
-                .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
-                .collect();
-            let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.01).collect();
+            let (x, weights, bias) = depthwise_values(size, channels, k);
             let depthwise = Depthwise::new(&weights, bias, k, stride);
             let project_weights: Vec<f32> = (0..outputs * channels)
                 .map(|i| ((i * 7) % 5) as f32 * 0.1 - 0.2)
@@ -878,14 +863,20 @@ mod tests {
         }
     }
 
-    fn depthwise_case(size: usize, channels: usize, k: usize, stride: usize) {
-        let x: Vec<f32> = (0..size * size * channels)
+    /// A `size`×`size` image of `channels` and a depthwise layer's weights and biases.
+    fn depthwise_values(size: usize, channels: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = (0..size * size * channels)
             .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
             .collect();
-        let weights: Vec<f32> = (0..channels * k * k)
+        let weights = (0..channels * k * k)
             .map(|i| ((i * 13) % 7) as f32 * 0.2 - 0.6)
             .collect();
-        let bias: Vec<f32> = (0..channels).map(|c| c as f32 * 0.01).collect();
+        let bias = (0..channels).map(|c| c as f32 * 0.01).collect();
+        (x, weights, bias)
+    }
+
+    fn depthwise_case(size: usize, channels: usize, k: usize, stride: usize) {
+        let (x, weights, bias) = depthwise_values(size, channels, k);
         let conv = Depthwise::new(&weights, bias.clone(), k, stride);
         let out_size = conv.output_size(size);
         let mut out = vec![f32::NAN; out_size * out_size * channels];
