@@ -42,9 +42,30 @@ fn for_each_chunk(
 /// Pixels a strip of rows holds, about, when a row-wise step and the 1×1 convolution after it
 /// run strip by strip (see `for_each_strip`).
 const STRIP_PIXELS: usize = 112;
-/// Output rows an image needs for its steps to run strip by strip: fewer, and the strips would
-/// be too few to share out among the threads (and too short to serve each weight loaded).
-const STRIP_MIN_ROWS: usize = 28;
+/// Output rows an image needs for its steps to run strip by strip: fewer (7×7), and the strips
+/// would be too few to share out among the threads (and too short to serve each weight loaded).
+/// On one thread 28: the 14×14 layers measured no faster in strips there (their tensors stay
+/// in that core's cache either way).
+fn strips_from_rows(split: Split) -> usize {
+    match split {
+        Split::Threads => 14,
+        Split::None => 28,
+    }
+}
+
+/// Rows of a strip of an image of `rows` rows: about `STRIP_PIXELS` pixels; on the threads,
+/// fewer where that leaves each thread several strips, but at least `MIN_TASK_PIXELS` pixels
+/// (14×14: strips of two rows, seven of them).
+fn strip_rows(rows: usize, split: Split) -> usize {
+    let most = STRIP_PIXELS.div_ceil(rows);
+    match split {
+        Split::Threads => {
+            let shared = rows / (TASKS_PER_THREAD * rayon::current_num_threads());
+            most.min(shared.max(MIN_TASK_PIXELS.div_ceil(rows)))
+        }
+        Split::None => most,
+    }
+}
 
 /// `f(first row, the strip's rows of mid, its rows of out)` for the strips of `rows` image
 /// rows of an intermediate tensor (`mid`, `mid_row` values a row) and of the output made from
@@ -437,7 +458,7 @@ impl Stem {
     ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
         let patch = self.channels * self.kernel * self.kernel;
-        let rows = STRIP_PIXELS.div_ceil(out_size);
+        let rows = strip_rows(out_size, split);
         let mid = (patches, out_size * patch);
         let outputs = (out, out_size * self.outputs());
         for_each_strip(mid, outputs, rows, split, |first, patches, out| {
@@ -561,7 +582,7 @@ impl Depthwise {
 
     /// The convolution of a `size`×`size` channels-last image into `hidden` (overwritten, of
     /// `output_size(size)`² pixels), then `project` from `hidden` into `out` with `then`. On an
-    /// output of at least `STRIP_MIN_ROWS` rows, strip by strip of rows, each strip projected
+    /// output of at least `strips_from_rows` rows, strip by strip of rows, each strip projected
     /// while it is in the cache.
     pub fn forward_projected(
         &self,
@@ -572,14 +593,14 @@ impl Depthwise {
         split: Split,
     ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
-        if out_size < STRIP_MIN_ROWS {
+        if out_size < strips_from_rows(split) {
             self.forward(x, size, hidden, split);
             project.forward(hidden, out, then, split);
             return;
         }
         let channels = self.bias.len();
         assert_eq!(hidden.len(), out_size * out_size * channels);
-        let rows = STRIP_PIXELS.div_ceil(out_size);
+        let rows = strip_rows(out_size, split);
         let mid = (hidden, out_size * channels);
         let outputs = (out, out_size * project.outputs());
         for_each_strip(mid, outputs, rows, split, |first, hidden, out| {
@@ -827,13 +848,13 @@ mod tests {
         }
     }
 
-    /// The depthwise convolution and the projection after it, strip by strip (outputs of 28
+    /// The depthwise convolution and the projection after it, strip by strip (outputs of 14
     /// rows and more), equal to the two run one after the other, to the bit: stride 1 with a
     /// residual, stride 2 without; on the threads and on one.
     #[test]
     fn projected_strips_equal_the_two_passes() {
         let (channels, outputs) = (48, 24);
-        for (size, k, stride, residual) in [(30, 3, 1, true), (58, 5, 2, false)] {
+        for (size, k, stride, residual) in [(30, 3, 1, true), (58, 5, 2, false), (14, 5, 1, true)] {
             let (x, weights, bias) = depthwise_values(size, channels, k);
             let depthwise = Depthwise::new(&weights, bias, k, stride);
             let project_weights: Vec<f32> = (0..outputs * channels)
