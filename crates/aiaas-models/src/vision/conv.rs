@@ -54,7 +54,7 @@ const STRIP_PIXELS: usize = 112;
 /// would be too few to share out among the threads (and too short to serve each weight loaded).
 /// On one thread 28: the 14×14 layers measured no faster in strips there (their tensors stay
 /// in that core's cache either way).
-fn strips_from_rows(split: Split) -> usize {
+fn strip_min_rows(split: Split) -> usize {
     match split {
         Split::Threads => 14,
         Split::None => 28,
@@ -113,7 +113,7 @@ pub enum Then<'a> {
 impl<'a> Then<'a> {
     /// What follows for the outputs from the `first`th on (a residual from its `first`th
     /// value).
-    fn from(self, first: usize) -> Then<'a> {
+    fn skipping(self, first: usize) -> Then<'a> {
         match self {
             Self::Add(residual) => Self::Add(&residual[first..]),
             other => other,

@@ -3,7 +3,7 @@
 //! they leave; optionally followed by the projection, strip by strip of rows.
 
 use super::{
-    for_each_chunk, for_each_strip, same_padding, source, strip_rows, strips_from_rows, Kernel,
+    for_each_chunk, for_each_strip, same_padding, source, strip_min_rows, strip_rows, Kernel,
     Pointwise, Split, Then,
 };
 use crate::fast_math::vectorized;
@@ -69,7 +69,7 @@ impl Depthwise {
 
     /// The convolution of a `size`×`size` channels-last image into `hidden` (overwritten, of
     /// `output_size(size)`² pixels), then `project` from `hidden` into `out` with `then`. On an
-    /// output of at least `strips_from_rows` rows, strip by strip of rows, each strip projected
+    /// output of at least `strip_min_rows` rows, strip by strip of rows, each strip projected
     /// while it is in the cache.
     pub fn forward_projected(
         &self,
@@ -80,7 +80,7 @@ impl Depthwise {
         split: Split,
     ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
-        if out_size < strips_from_rows(split) {
+        if out_size < strip_min_rows(split) {
             self.forward(x, size, hidden, split);
             project.forward(hidden, out, then, split);
             return;
@@ -99,7 +99,7 @@ impl Depthwise {
                     }
                 },
             );
-            let then = then.from(first * out_size * project.outputs());
+            let then = then.skipping(first * out_size * project.outputs());
             project.forward(hidden, out, then, Split::None);
         });
     }
@@ -131,7 +131,7 @@ impl Depthwise {
             ox += if inside.contains(&ox) {
                 let (x, taps) = (&x[(ox - inside.start) * step..], &inside_taps);
                 match inside.end - ox {
-                    SLIDING_RUN_PIXELS.. if stride == 1 => {
+                    SLIDING_RUN_PIXELS.. if self.slides() => {
                         self.pixels::<SLIDING_RUN_PIXELS>(x, taps, step, out)
                     }
                     RUN_PIXELS.. => self.pixels::<RUN_PIXELS>(x, taps, step, out),
@@ -144,6 +144,12 @@ impl Depthwise {
                 self.pixels::<1>(x, &taps, step, out)
             };
         }
+    }
+
+    /// Whether runs inside the image go through the sliding-window kernel (stride 1, the
+    /// filter sizes it is compiled for); they are then `SLIDING_RUN_PIXELS` long.
+    fn slides(&self) -> bool {
+        self.stride == 1 && matches!(self.kernel, 3 | 5)
     }
 
     /// Each tap inside the image of output pixel (`ox`, `oy`): its first input and weight.
@@ -185,8 +191,8 @@ impl Depthwise {
                     taps,
                     step,
                 };
-                // Stride 1 and every tap inside: a sliding window along each row of taps.
-                let sliding = step == channels && taps.len() == self.kernel * self.kernel;
+                // Every tap inside: a sliding window along each row of taps.
+                let sliding = self.slides() && taps.len() == self.kernel * self.kernel;
                 match (sliding, self.kernel) {
                     (true, 3) => cpu.depthwise_sliding::<P, 3>(run, out),
                     (true, 5) => cpu.depthwise_sliding::<P, 5>(run, out),

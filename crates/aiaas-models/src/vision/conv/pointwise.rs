@@ -203,9 +203,10 @@ impl Pointwise {
     }
 }
 
-/// One tile's operands: `R` pixels' inputs (consecutive rows of `inputs` values), one group's weights (`[inputs]` of 32 outputs)
-/// and biases, and where its outputs lie: `columns` (≤ 32) outputs from `first_column` of
-/// pixels `first_pixel..first_pixel + R`, rows of `outputs` values.
+/// One tile's operands: `R` pixels' inputs (consecutive rows of `inputs` values), one group's
+/// weights (`[inputs]` of 32 outputs) and biases, and where its outputs lie: `columns` (≤ 32)
+/// outputs from `first_column` of pixels `first_pixel..first_pixel + R`, rows of `outputs`
+/// values.
 pub struct Tile<'a> {
     pub x: &'a [f32],
     pub weights: &'a [[f32; GROUP]],
