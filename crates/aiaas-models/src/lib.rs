@@ -16,6 +16,7 @@ mod int8_matmul;
 mod linear;
 pub mod npz;
 pub mod sentence;
+mod team;
 pub mod tokenizer;
 pub mod torch_legacy;
 pub mod transformer;

@@ -14,24 +14,24 @@ mod depthwise;
 mod pointwise;
 mod stem;
 
-use rayon::prelude::*;
-
 pub use depthwise::{Depthwise, DepthwiseRun};
 use pointwise::GROUP;
 pub use pointwise::{Pointwise, Tile};
 pub use stem::Stem;
 
-/// Whether a layer shares its pixels out among the threads (an image alone) or runs on the
-/// calling thread (when a batch's images keep the threads busy already, each on one image, its
-/// activations in that core's cache, without a task switch every few pixels).
+use crate::team::Team;
+
+/// Whether a layer shares its pixels out among a team of threads (an image alone) or runs on
+/// the calling thread (when a batch's images keep the threads busy already, each on one image,
+/// its activations in that core's cache, without a task switch every few pixels).
 #[derive(Clone, Copy)]
-pub enum Split {
-    Threads,
+pub enum Split<'a> {
+    Threads(&'a Team),
     None,
 }
 
 /// `f(chunk index, chunk)` for the consecutive chunks of `chunk` values of `out`, on the
-/// threads or on this one.
+/// team or on this thread.
 fn for_each_chunk(
     out: &mut [f32],
     chunk: usize,
@@ -39,10 +39,7 @@ fn for_each_chunk(
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
     match split {
-        Split::Threads => out
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c)),
+        Split::Threads(team) => team.share(out.chunks_mut(chunk), f),
         Split::None => out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
     }
 }
@@ -56,7 +53,7 @@ const STRIP_PIXELS: usize = 112;
 /// in that core's cache either way).
 fn strip_min_rows(split: Split) -> usize {
     match split {
-        Split::Threads => 14,
+        Split::Threads(_) => 14,
         Split::None => 28,
     }
 }
@@ -67,8 +64,8 @@ fn strip_min_rows(split: Split) -> usize {
 fn strip_rows(rows: usize, split: Split) -> usize {
     let most = STRIP_PIXELS.div_ceil(rows);
     match split {
-        Split::Threads => {
-            let shared = rows / (TASKS_PER_THREAD * rayon::current_num_threads());
+        Split::Threads(team) => {
+            let shared = rows / (TASKS_PER_THREAD * team.threads());
             most.min(shared.max(MIN_TASK_PIXELS.div_ceil(rows)))
         }
         Split::None => most,
@@ -87,15 +84,11 @@ fn for_each_strip(
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) {
     let (mid_strip, out_strip) = (rows * mid_row, rows * out_row);
+    let strips = mid.chunks_mut(mid_strip).zip(out.chunks_mut(out_strip));
+    let strip = |strip, (mid, out)| f(strip * rows, mid, out);
     match split {
-        Split::Threads => mid
-            .par_chunks_mut(mid_strip)
-            .zip(out.par_chunks_mut(out_strip))
-            .enumerate()
-            .for_each(|(strip, (mid, out))| f(strip * rows, mid, out)),
-        Split::None => (mid.chunks_mut(mid_strip).zip(out.chunks_mut(out_strip)))
-            .enumerate()
-            .for_each(|(strip, (mid, out))| f(strip * rows, mid, out)),
+        Split::Threads(team) => team.share(strips, strip),
+        Split::None => strips.enumerate().for_each(|(i, s)| strip(i, s)),
     }
 }
 
@@ -182,6 +175,17 @@ fn source(output: usize, tap: usize, stride: usize, pad: usize, size: usize) -> 
     (output * stride + tap)
         .checked_sub(pad)
         .filter(|&i| i < size)
+}
+
+/// `pass` with a layer split on a team of two threads (whatever the machine's cores), as the
+/// tests of each convolution run it.
+#[cfg(test)]
+fn on_a_team_of_two<R: Send>(pass: impl FnOnce(Split) -> R + Send) -> R {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| Team::gather(|team| pass(Split::Threads(team))))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::conv::{Depthwise, Pointwise, Split, Stem, Then};
 use super::ImagePreprocessing;
 use crate::fast_math::{dot, vectorized};
+use crate::team::Team;
 use crate::torch_legacy::{self, StateDict};
 use crate::{ModelError, Result};
 
@@ -224,18 +225,24 @@ impl EfficientNet {
             count * image_len,
             "expected {count} images of 3×{INPUT_SIZE}×{INPUT_SIZE} values"
         );
-        // Enough images to keep every thread busy to the end: one image a thread, its layers
-        // unsplit. Fewer: each layer's pixels split among the threads.
-        let split = if count >= 2 * rayon::current_num_threads() {
-            Split::None
-        } else {
-            Split::Threads
-        };
-        let features: Vec<Vec<f32>> = images
+        // Whole rounds of one image a thread, each image's layers unsplit (its activations in
+        // that core's cache, no step waiting for another thread); the images left over (all
+        // of them, when fewer than the threads) one after the other, each step shared out
+        // among a team of the threads.
+        let unsplit = count - count % rayon::current_num_threads();
+        let (whole_rounds, rest) = images.split_at(unsplit * image_len);
+        let mut features: Vec<Vec<f32>> = whole_rounds
             .par_chunks(image_len)
-            .map(|image| self.features(image, split))
+            .map(|image| self.features(image, Split::None))
             .collect();
-        self.classify(&features)
+        Team::gather(|team| {
+            let split = Split::Threads(team);
+            features.extend(
+                rest.chunks(image_len)
+                    .map(|image| self.features(image, split)),
+            );
+            self.classify(&features, team)
+        })
     }
 
     /// The pooled head features of one image.
@@ -273,32 +280,32 @@ impl EfficientNet {
         pooled
     }
 
-    /// The classifier on each image's features, classes shared out among the threads in
-    /// blocks (a task per class would cost more in scheduling than its one dot product).
-    fn classify(&self, features: &[Vec<f32>]) -> Vec<f32> {
+    /// The classifier on each image's features, classes shared out among the team in blocks
+    /// (a task per class would cost more in scheduling than its one dot product).
+    fn classify(&self, features: &[Vec<f32>], team: &Team) -> Vec<f32> {
         const CLASSES_PER_TASK: usize = 64;
         let (classes, images) = (self.classes(), features.len());
         let width = self.classifier.len() / classes;
         let mut by_class = vec![0f32; classes * images];
-        by_class
-            .par_chunks_mut(images * CLASSES_PER_TASK)
-            .zip(self.classifier.par_chunks(width * CLASSES_PER_TASK))
-            .zip(self.classifier_bias.par_chunks(CLASSES_PER_TASK))
-            .for_each(|((out, weights), biases)| {
-                let rows = out
-                    .chunks_exact_mut(images)
-                    .zip(weights.chunks_exact(width));
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((out, weights), bias) in rows.zip(biases) {
-                            for (o, f) in out.iter_mut().zip(features) {
-                                *o = bias + dot(weights, f);
-                            }
+        let blocks = by_class
+            .chunks_mut(images * CLASSES_PER_TASK)
+            .zip(self.classifier.chunks(width * CLASSES_PER_TASK))
+            .zip(self.classifier_bias.chunks(CLASSES_PER_TASK));
+        team.share(blocks, |_, ((out, weights), biases)| {
+            let rows = out
+                .chunks_exact_mut(images)
+                .zip(weights.chunks_exact(width));
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((out, weights), bias) in rows.zip(biases) {
+                        for (o, f) in out.iter_mut().zip(features) {
+                            *o = bias + dot(weights, f);
                         }
-                    },
-                )
-            });
+                    }
+                },
+            )
+        });
         let mut logits = vec![0f32; images * classes];
         for (class, scores) in by_class.chunks_exact(images).enumerate() {
             for (image, score) in scores.iter().enumerate() {

@@ -237,6 +237,7 @@ pub struct DepthwiseRun<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::on_a_team_of_two;
     use super::*;
 
     /// Depthwise against the definition: with padding and stride 2; with runs of pixels
@@ -279,11 +280,14 @@ mod tests {
             let mut expected = vec![f32::NAN; pixels * outputs];
             depthwise.forward(&x, size, &mut hidden, Split::None);
             project.forward(&hidden, &mut expected, then, Split::None);
-            for split in [Split::Threads, Split::None] {
+            let strips = |split: Split| {
                 let mut strips_hidden = vec![f32::NAN; pixels * channels];
                 let mut out = vec![f32::NAN; pixels * outputs];
                 let projected = (&project, out.as_mut_slice(), then);
                 depthwise.forward_projected(&x, size, &mut strips_hidden, projected, split);
+                (strips_hidden, out)
+            };
+            for (strips_hidden, out) in [on_a_team_of_two(strips), strips(Split::None)] {
                 assert_eq!(strips_hidden, hidden);
                 assert_eq!(out, expected);
             }
@@ -307,7 +311,7 @@ mod tests {
         let conv = Depthwise::new(&weights, bias.clone(), k, stride);
         let out_size = conv.output_size(size);
         let mut out = vec![f32::NAN; out_size * out_size * channels];
-        conv.forward(&x, size, &mut out, Split::Threads);
+        on_a_team_of_two(|split| conv.forward(&x, size, &mut out, split));
         let (expected_size, pad) = same_padding(size, k, stride);
         assert_eq!(out_size, expected_size);
         for oy in 0..out_size {

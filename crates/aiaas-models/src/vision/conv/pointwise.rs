@@ -2,11 +2,9 @@
 //! with the same multiply-adds), in tasks of pixels or, for layers with few pixels, of groups
 //! of outputs.
 
-use rayon::prelude::*;
-
 use super::{for_each_chunk, Kernel, Split, Then, MIN_TASK_PIXELS, TASKS_PER_THREAD};
-use crate::dense::each_row;
 use crate::fast_math::vectorized;
+use crate::team::Team;
 
 /// Output channels of one register tile: two AVX-512 vectors.
 pub const GROUP: usize = 32;
@@ -24,9 +22,9 @@ const TASK_PIXELS: usize = 64;
 fn task_pixels(pixels: usize, split: Split) -> usize {
     let fewest = pixels.div_ceil(TASK_PIXELS);
     let tasks = match split {
-        Split::Threads => fewest.max(
-            (pixels / MIN_TASK_PIXELS).clamp(1, TASKS_PER_THREAD * rayon::current_num_threads()),
-        ),
+        Split::Threads(team) => {
+            fewest.max((pixels / MIN_TASK_PIXELS).clamp(1, TASKS_PER_THREAD * team.threads()))
+        }
         Split::None => fewest,
     };
     pixels.div_ceil(tasks.max(1)).max(1)
@@ -85,13 +83,11 @@ impl Pointwise {
     pub fn forward(&self, x: &[f32], out: &mut [f32], then: Then, split: Split) {
         let pixels = x.len() / self.inputs;
         assert_eq!(out.len(), pixels * self.outputs);
-        let threads = rayon::current_num_threads();
         let groups = self.bias.len();
-        if matches!(split, Split::Threads)
-            && pixels < MIN_TASK_PIXELS * TASKS_PER_THREAD * threads
-            && groups > 1
-        {
-            return self.forward_by_groups(x, out, then, threads);
+        if let Split::Threads(team) = split {
+            if pixels < MIN_TASK_PIXELS * TASKS_PER_THREAD * team.threads() && groups > 1 {
+                return self.forward_by_groups(x, out, then, team);
+            }
         }
         let task_pixels = task_pixels(pixels, split);
         for_each_chunk(out, task_pixels * self.outputs, split, |task, out| {
@@ -115,17 +111,16 @@ impl Pointwise {
     /// idle for a tenth of a millisecond): tasks of groups of outputs over all the pixels, each
     /// writing its groups' sums into a buffer of its own, then the sums laid out as rows, with
     /// what follows.
-    fn forward_by_groups(&self, x: &[f32], out: &mut [f32], then: Then, threads: usize) {
+    fn forward_by_groups(&self, x: &[f32], out: &mut [f32], then: Then, team: &Team) {
         let (inputs, outputs) = (self.inputs, self.outputs);
         let pixels = x.len() / inputs;
         let groups = self.bias.len();
-        let groups_per_task = (groups / (TASKS_PER_THREAD * threads)).max(1);
+        let groups_per_task = (groups / (TASKS_PER_THREAD * team.threads())).max(1);
         let group_len = pixels * GROUP;
         let mut by_group = vec![0f32; groups * group_len];
-        by_group
-            .par_chunks_mut(groups_per_task * group_len)
-            .enumerate()
-            .for_each(|(task, sums)| {
+        team.share(
+            by_group.chunks_mut(groups_per_task * group_len),
+            |task, sums| {
                 vectorized(
                     #[inline(always)]
                     || {
@@ -136,12 +131,17 @@ impl Pointwise {
                         }
                     },
                 )
-            });
-        each_row(out, outputs, |pixel, row| {
-            for (group, values) in row.chunks_mut(GROUP).enumerate() {
-                let sums = &by_group[group * group_len + pixel * GROUP..];
-                values.copy_from_slice(&sums[..values.len()]);
-                then.apply(values, pixel * outputs + group * GROUP);
+            },
+        );
+        let rows = pixels.div_ceil(TASKS_PER_THREAD * team.threads());
+        team.share(out.chunks_mut(rows * outputs), |task, out| {
+            for (row, values) in out.chunks_exact_mut(outputs).enumerate() {
+                let pixel = task * rows + row;
+                for (group, values) in values.chunks_mut(GROUP).enumerate() {
+                    let sums = &by_group[group * group_len + pixel * GROUP..];
+                    values.copy_from_slice(&sums[..values.len()]);
+                    then.apply(values, pixel * outputs + group * GROUP);
+                }
             }
         });
     }
@@ -240,6 +240,7 @@ fn portable_tile<const R: usize>(tile: Tile<'_>, out: &mut [f32], then: Then) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::on_a_team_of_two;
     use super::*;
 
     /// Pointwise against the definition: outputs not a multiple of the group, pixels not a
@@ -259,7 +260,7 @@ mod tests {
             let residual: Vec<f32> = (0..pixels * outputs).map(|i| (i % 5) as f32).collect();
             let conv = Pointwise::new(&weights, &bias);
             let mut out = vec![f32::NAN; pixels * outputs];
-            conv.forward(&x, &mut out, Then::Add(&residual), Split::Threads);
+            on_a_team_of_two(|split| conv.forward(&x, &mut out, Then::Add(&residual), split));
             let mut alone = vec![f32::NAN; pixels * outputs];
             conv.forward(&x, &mut alone, Then::Add(&residual), Split::None);
             assert_eq!(out, alone);

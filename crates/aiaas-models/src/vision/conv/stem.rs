@@ -121,6 +121,7 @@ fn copy_taps(to: &mut [f32], from: &[f32]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::on_a_team_of_two;
     use super::*;
 
     /// The stem against the definition (a full convolution of a CHW image, ReLU6), on sizes
@@ -141,7 +142,7 @@ mod tests {
             let out_size = stem.output_size(size);
             let mut patches = vec![f32::NAN; stem.patches_len(size)];
             let mut out = vec![f32::NAN; out_size * out_size * outputs];
-            stem.forward(&image, size, &mut patches, &mut out, Split::Threads);
+            on_a_team_of_two(|split| stem.forward(&image, size, &mut patches, &mut out, split));
             let (_, pad) = same_padding(size, k, stride);
             for (pixel, got) in out.chunks_exact(outputs).enumerate() {
                 let (oy, ox) = (pixel / out_size, pixel % out_size);
