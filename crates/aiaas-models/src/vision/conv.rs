@@ -30,17 +30,51 @@ pub enum Split<'a> {
     None,
 }
 
-/// `f(chunk index, chunk)` for the consecutive chunks of `chunk` values of `out`, on the
-/// team or on this thread.
-fn for_each_chunk(
+/// Tasks for a step of `units` (pixels, rows, groups of outputs) when `wanted`: at least one, at
+/// most one a unit; on a team, a multiple of its threads where there are enough, so that each
+/// thread's share of the step is the same size (7 strips on 2 threads left one of them idle for
+/// a seventh of the step).
+fn task_count(units: usize, wanted: usize, split: Split) -> usize {
+    let wanted = wanted.clamp(1, units.max(1));
+    match split {
+        Split::Threads(team) if wanted >= team.threads() => wanted - wanted % team.threads(),
+        _ => wanted,
+    }
+}
+
+/// The first unit of task `task`'s part of `units` shared out among `tasks`: the parts are
+/// consecutive and as equal as can be (they differ by one unit at most).
+fn part_start(task: usize, units: usize, tasks: usize) -> usize {
+    task * units / tasks
+}
+
+/// `values`, of whole units of `unit` values, in the `tasks` parts of `part_start`.
+fn parts(values: &mut [f32], unit: usize, tasks: usize) -> impl Iterator<Item = &mut [f32]> {
+    let units = values.len() / unit;
+    let mut rest = values;
+    (0..tasks).map(move |task| {
+        let len = part_start(task + 1, units, tasks) - part_start(task, units, tasks);
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(len * unit);
+        rest = tail;
+        part
+    })
+}
+
+/// `f(first unit, part)` for the `tasks` parts of `out` (whole units of `unit` values; see
+/// `part_start`), on the team or on this thread.
+fn for_each_part(
     out: &mut [f32],
-    chunk: usize,
+    unit: usize,
+    tasks: usize,
     split: Split,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
+    let units = out.len() / unit;
+    let part = |task, out: &mut [f32]| f(part_start(task, units, tasks), out);
+    let parts = parts(out, unit, tasks);
     match split {
-        Split::Threads(team) => team.share(out.chunks_mut(chunk), f),
-        Split::None => out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
+        Split::Threads(team) => team.share(parts, part),
+        Split::None => parts.enumerate().for_each(|(task, out)| part(task, out)),
     }
 }
 
@@ -58,37 +92,38 @@ fn strip_min_rows(split: Split) -> usize {
     }
 }
 
-/// Rows of a strip of an image of `rows` rows: about `STRIP_PIXELS` pixels; on the threads,
-/// fewer where that leaves each thread several strips, but at least `MIN_TASK_PIXELS` pixels
-/// (14×14: strips of two rows, seven of them).
-fn strip_rows(rows: usize, split: Split) -> usize {
-    let most = STRIP_PIXELS.div_ceil(rows);
-    match split {
+/// Strips of an image of `rows` rows: of about `STRIP_PIXELS` pixels; on a team, more where
+/// that gives each thread several, but of at least `MIN_TASK_PIXELS` pixels (14×14: six
+/// strips of two or three rows).
+fn strip_count(rows: usize, split: Split) -> usize {
+    let most_rows = STRIP_PIXELS.div_ceil(rows);
+    let strip_rows = match split {
         Split::Threads(team) => {
             let shared = rows / (TASKS_PER_THREAD * team.threads());
-            most.min(shared.max(MIN_TASK_PIXELS.div_ceil(rows)))
+            most_rows.min(shared.max(MIN_TASK_PIXELS.div_ceil(rows)))
         }
-        Split::None => most,
-    }
+        Split::None => most_rows,
+    };
+    task_count(rows, rows.div_ceil(strip_rows), split)
 }
 
-/// `f(first row, the strip's rows of mid, its rows of out)` for the strips of `rows` image
-/// rows of an intermediate tensor (`mid`, `mid_row` values a row) and of the output made from
-/// it (`out_row` values a row): the intermediate rows are made and used while they are in the
-/// cache, and the two steps take one pass over the threads instead of two.
+/// `f(first row, the strip's rows of mid, its rows of out)` for the strips (see `strip_count`)
+/// of the image rows of an intermediate tensor (`mid`, `mid_row` values a row) and of the
+/// output made from it (`out_row` values a row): the intermediate rows are made and used while
+/// they are in the cache, and the two steps take one pass over the threads instead of two.
 fn for_each_strip(
     (mid, mid_row): (&mut [f32], usize),
     (out, out_row): (&mut [f32], usize),
-    rows: usize,
     split: Split,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) {
-    let (mid_strip, out_strip) = (rows * mid_row, rows * out_row);
-    let strips = mid.chunks_mut(mid_strip).zip(out.chunks_mut(out_strip));
-    let strip = |strip, (mid, out)| f(strip * rows, mid, out);
+    let rows = mid.len() / mid_row;
+    let strips = strip_count(rows, split);
+    let strip = |strip, (mid, out)| f(part_start(strip, rows, strips), mid, out);
+    let parts = parts(mid, mid_row, strips).zip(parts(out, out_row, strips));
     match split {
-        Split::Threads(team) => team.share(strips, strip),
-        Split::None => strips.enumerate().for_each(|(i, s)| strip(i, s)),
+        Split::Threads(team) => team.share(parts, strip),
+        Split::None => parts.enumerate().for_each(|(i, s)| strip(i, s)),
     }
 }
 

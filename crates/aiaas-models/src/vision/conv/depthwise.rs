@@ -3,8 +3,8 @@
 //! they leave; optionally followed by the projection, strip by strip of rows.
 
 use super::{
-    for_each_chunk, for_each_strip, same_padding, source, strip_min_rows, strip_rows, Kernel,
-    Pointwise, Split, Then,
+    for_each_part, for_each_strip, same_padding, source, strip_min_rows, Kernel, Pointwise, Split,
+    Then,
 };
 use crate::fast_math::vectorized;
 
@@ -59,7 +59,7 @@ impl Depthwise {
         let channels = self.bias.len();
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
         assert_eq!(out.len(), out_size * out_size * channels);
-        for_each_chunk(out, out_size * channels, split, |oy, row| {
+        for_each_part(out, out_size * channels, out_size, split, |oy, row| {
             vectorized(
                 #[inline(always)]
                 || self.row(x, size, pad, oy, row),
@@ -87,10 +87,9 @@ impl Depthwise {
         }
         let channels = self.bias.len();
         assert_eq!(hidden.len(), out_size * out_size * channels);
-        let rows = strip_rows(out_size, split);
         let mid = (hidden, out_size * channels);
         let outputs = (out, out_size * project.outputs());
-        for_each_strip(mid, outputs, rows, split, |first, hidden, out| {
+        for_each_strip(mid, outputs, split, |first, hidden, out| {
             vectorized(
                 #[inline(always)]
                 || {

@@ -2,7 +2,7 @@
 //! with the same multiply-adds), in tasks of pixels or, for layers with few pixels, of groups
 //! of outputs.
 
-use super::{for_each_chunk, Kernel, Split, Then, MIN_TASK_PIXELS, TASKS_PER_THREAD};
+use super::{for_each_part, task_count, Kernel, Split, Then, MIN_TASK_PIXELS, TASKS_PER_THREAD};
 use crate::fast_math::vectorized;
 use crate::team::Team;
 
@@ -14,20 +14,20 @@ const TILE_PIXELS: usize = 8;
 /// Pixels one task computes at most (rayon splits a layer's pixels into such tasks).
 const TASK_PIXELS: usize = 64;
 
-/// Pixels one task computes: the layer's pixels shared out evenly among the fewest tasks of at
-/// most `TASK_PIXELS` (196 pixels: four tasks of 49, not three of 64 and one of 4 that would
-/// read every weight for 4 pixels). When the tasks go to the threads, more of them, so that
-/// each thread gets several (the 7×7 layers' 49 pixels were one task, and one core sat idle
-/// through a third of the network's work), but not smaller than `MIN_TASK_PIXELS`.
-fn task_pixels(pixels: usize, split: Split) -> usize {
+/// Tasks a layer's pixels go to: the fewest of at most `TASK_PIXELS` (196 pixels: four tasks
+/// of 49, not three of 64 and one of 4 that would read every weight for 4 pixels). On a team,
+/// more of them, so that each thread gets several (the 7×7 layers' 49 pixels were one task, and
+/// one core sat idle through a third of the network's work), but not smaller than
+/// `MIN_TASK_PIXELS`.
+fn pixel_tasks(pixels: usize, split: Split) -> usize {
     let fewest = pixels.div_ceil(TASK_PIXELS);
-    let tasks = match split {
+    let wanted = match split {
         Split::Threads(team) => {
             fewest.max((pixels / MIN_TASK_PIXELS).clamp(1, TASKS_PER_THREAD * team.threads()))
         }
         Split::None => fewest,
     };
-    pixels.div_ceil(tasks.max(1)).max(1)
+    task_count(pixels, wanted, split)
 }
 
 /// A 1×1 convolution, `[pixels, inputs] · [inputs, outputs] + bias`, in f32 on the channels-last
@@ -89,9 +89,8 @@ impl Pointwise {
                 return self.forward_by_groups(x, out, then, team);
             }
         }
-        let task_pixels = task_pixels(pixels, split);
-        for_each_chunk(out, task_pixels * self.outputs, split, |task, out| {
-            let first = task * task_pixels;
+        let tasks = pixel_tasks(pixels, split);
+        for_each_part(out, self.outputs, tasks, split, |first, out| {
             let x = &x[first * self.inputs..][..out.len() / self.outputs * self.inputs];
             vectorized(
                 #[inline(always)]
@@ -115,17 +114,20 @@ impl Pointwise {
         let (inputs, outputs) = (self.inputs, self.outputs);
         let pixels = x.len() / inputs;
         let groups = self.bias.len();
-        let groups_per_task = (groups / (TASKS_PER_THREAD * team.threads())).max(1);
+        let split = Split::Threads(team);
         let group_len = pixels * GROUP;
         let mut by_group = vec![0f32; groups * group_len];
-        team.share(
-            by_group.chunks_mut(groups_per_task * group_len),
-            |task, sums| {
+        let tasks = task_count(groups, TASKS_PER_THREAD * team.threads(), split);
+        for_each_part(
+            &mut by_group,
+            group_len,
+            tasks,
+            split,
+            |first_group, sums| {
                 vectorized(
                     #[inline(always)]
                     || {
-                        for (g, sums) in sums.chunks_exact_mut(group_len).enumerate() {
-                            let group = task * groups_per_task + g;
+                        for (group, sums) in (first_group..).zip(sums.chunks_exact_mut(group_len)) {
                             let layout = (GROUP, 0, GROUP);
                             self.group_pixels(group, x, sums, layout, 0, Then::Nothing);
                         }
@@ -133,10 +135,9 @@ impl Pointwise {
                 )
             },
         );
-        let rows = pixels.div_ceil(TASKS_PER_THREAD * team.threads());
-        team.share(out.chunks_mut(rows * outputs), |task, out| {
-            for (row, values) in out.chunks_exact_mut(outputs).enumerate() {
-                let pixel = task * rows + row;
+        let tasks = task_count(pixels, TASKS_PER_THREAD * team.threads(), split);
+        for_each_part(out, outputs, tasks, split, |first, out| {
+            for (pixel, values) in (first..).zip(out.chunks_exact_mut(outputs)) {
                 for (group, values) in values.chunks_mut(GROUP).enumerate() {
                     let sums = &by_group[group * group_len + pixel * GROUP..];
                     values.copy_from_slice(&sums[..values.len()]);
@@ -245,11 +246,12 @@ mod tests {
 
     /// Pointwise against the definition: outputs not a multiple of the group, pixels not a
     /// multiple of the tile, a residual added; on the threads (with few pixels, tasks of
-    /// groups of outputs; with more on two threads, tasks of pixels) and on one alike.
+    /// groups of outputs; with more on two threads, eight tasks of 50 or 51 pixels) and on one
+    /// alike.
     #[test]
     fn pointwise_matches_the_definition() {
         let (inputs, outputs) = (24, 40);
-        for pixels in [75, 400] {
+        for pixels in [75, 401] {
             let x: Vec<f32> = (0..pixels * inputs)
                 .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
                 .collect();

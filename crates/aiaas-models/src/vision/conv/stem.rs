@@ -1,7 +1,7 @@
 //! The network's first convolution, on the CHW image: patches unrolled into rows, then a
 //! pointwise product, strip by strip of output rows.
 
-use super::{for_each_strip, same_padding, source, strip_rows, Pointwise, Split, Then};
+use super::{for_each_strip, same_padding, source, Pointwise, Split, Then};
 
 /// A full convolution on a CHW image (the network's input): the patches unrolled into rows,
 /// then a pointwise product.
@@ -56,10 +56,9 @@ impl Stem {
     ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
         let patch = self.channels * self.kernel * self.kernel;
-        let rows = strip_rows(out_size, split);
         let mid = (patches, out_size * patch);
         let outputs = (out, out_size * self.outputs());
-        for_each_strip(mid, outputs, rows, split, |first, patches, out| {
+        for_each_strip(mid, outputs, split, |first, patches, out| {
             for (oy, row) in (first..).zip(patches.chunks_exact_mut(out_size * patch)) {
                 self.patches_row(image, size, pad, oy, row);
             }
