@@ -2,7 +2,7 @@
 //! rayon pool join the calling one for the whole pass, and between steps they spin, watching for
 //! the next one, instead of going to sleep.
 //!
-//! A small network on one image is a chain of some seventy steps of a tenth of a millisecond
+//! A small network on one image is a chain of some fifty steps of a tenth of a millisecond
 //! each, every one shared out among the threads. As rayon jobs, each step woke the idle threads
 //! up (a futex, and on a virtual machine a halted virtual CPU that the host must schedule
 //! again): a sixth of the time went to the scheduler, and more when the host was busy. A team
@@ -28,8 +28,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-/// Spins an idle thread makes before it starts yielding its core between looks (some
-/// milliseconds: far longer than the gap between two steps of a pass, far shorter than what a
+/// Spins an idle thread makes before it starts yielding its core between looks (a millisecond
+/// or so: far longer than the gap between two steps of a pass, far shorter than what a
 /// thread busy-waiting for nothing should burn).
 const SPINS_BEFORE_YIELDING: u32 = 1 << 16;
 

@@ -130,9 +130,9 @@ impl Avx512 {
 /// A stride-1 run of `P` pixels whose taps are the whole `K`×`K` grid (rows of `K` neighbouring
 /// inputs), one vector of channels at a time: along each row of taps, each input vector is
 /// loaded once and serves every pixel whose window holds it (up to `K`), and the row's `K`
-/// weight vectors and `P + K − 1` input vectors stay in registers. Per vector of outputs, `P + K − 1` input loads per row of
-/// taps instead of `P · K`. Each pixel's sum takes the taps in the same order as
-/// `depthwise_block`'s, so the results are the same to the bit.
+/// weight vectors and `P + K − 1` input vectors stay in registers. Per vector of outputs,
+/// `P + K − 1` input loads per row of taps instead of `P · K`. Each pixel's sum takes the taps
+/// in the same order as `depthwise_block`'s, so the results are the same to the bit.
 #[target_feature(enable = "avx512f")]
 #[allow(
     clippy::needless_range_loop,
