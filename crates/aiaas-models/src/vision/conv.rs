@@ -127,6 +127,15 @@ fn for_each_strip(
     }
 }
 
+/// The first `len` values of `buffer`, grown (never shrunk) to hold them; their values are
+/// stale, for outputs that overwrite them all.
+pub fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
 /// What follows a convolution's bias.
 #[derive(Clone, Copy)]
 pub enum Then<'a> {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::conv::{Depthwise, Pointwise, Split, Stem, Then};
+use super::conv::{sized, Depthwise, Pointwise, Split, Stem, Then};
 use super::ImagePreprocessing;
 use crate::fast_math::{dot, vectorized};
 use crate::team::Team;
@@ -69,16 +69,6 @@ impl Block {
         split: Split,
     ) -> usize {
         let out_size = self.depthwise.output_size(size);
-        let hidden_len = out_size * out_size * self.project.inputs();
-        let hidden = sized(&mut scratch.hidden, hidden_len);
-        let input = match &self.expand {
-            Some(expand) => {
-                let expanded = sized(&mut scratch.expanded, size * size * expand.outputs());
-                expand.forward(x, expanded, Then::Relu6, split);
-                &*expanded
-            }
-            None => x,
-        };
         let then = if self.residual {
             Then::Add(x)
         } else {
@@ -86,11 +76,35 @@ impl Block {
         };
         let out = sized(out, out_size * out_size * self.project.outputs());
         let project = (&self.project, out, then);
-        self.depthwise
-            .forward_projected(input, size, hidden, project, split);
+        match &self.expand {
+            Some(expand) if out_size >= EXPANDED_IN_STRIPS_MIN_ROWS => {
+                self.depthwise
+                    .forward_expanded(expand, x, size, project, split);
+            }
+            expand => {
+                let input = match expand {
+                    Some(expand) => {
+                        let expanded = sized(&mut scratch.expanded, size * size * expand.outputs());
+                        expand.forward(x, expanded, Then::Relu6, split);
+                        &*expanded
+                    }
+                    None => x,
+                };
+                let hidden_len = out_size * out_size * self.project.inputs();
+                let hidden = sized(&mut scratch.hidden, hidden_len);
+                self.depthwise
+                    .forward_projected(input, size, hidden, project, split);
+            }
+        }
         out_size
     }
 }
+
+/// Output rows a block needs for its expansion to run strip by strip, each thread's share in a
+/// window of its own (`Depthwise::forward_expanded`): at 14×14 a share of 7 rows on two
+/// threads would expand 2 or 4 rows more than its own (a 3×3 or 5×5 filter's halo), and the
+/// expanded tensor (1.3 MB) stays in the cache anyway.
+const EXPANDED_IN_STRIPS_MIN_ROWS: usize = 28;
 
 /// A block's intermediate activations, kept from block to block and image to image: fresh
 /// multi-megabyte buffers cost a zero-fill (or page faults) each, about a tenth of the time.
@@ -100,15 +114,6 @@ struct Scratch {
     expanded: Vec<f32>,
     /// After the depthwise convolution.
     hidden: Vec<f32>,
-}
-
-/// The first `len` values of `buffer`, grown (never shrunk) to hold them; their values are
-/// stale, for outputs that overwrite them all.
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// An EfficientNet-Lite0 classifier.

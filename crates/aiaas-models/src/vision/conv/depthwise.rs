@@ -2,11 +2,20 @@
 //! through the AVX-512 kernels (a sliding window at stride 1), portable code for the channels
 //! they leave; optionally followed by the projection, strip by strip of rows.
 
+use std::cell::RefCell;
+
 use super::{
-    for_each_part, for_each_strip, same_padding, source, strip_min_rows, Kernel, Pointwise, Split,
-    Then,
+    for_each_part, for_each_strip, same_padding, sized, source, strip_min_rows, Kernel, Pointwise,
+    Split, Then, STRIP_PIXELS,
 };
 use crate::fast_math::vectorized;
+
+thread_local! {
+    /// A thread's window of expanded rows and its strip of depthwise outputs (see
+    /// `forward_expanded`), kept from call to call. A task on a team runs to its end without
+    /// giving its thread to another, so one set a thread is enough.
+    static STRIP_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
+}
 
 /// Output pixels of a row computed together: four pixels × four vectors of channels take half
 /// the vector registers (sixteen independent chains of additions), and each weight vector
@@ -62,7 +71,7 @@ impl Depthwise {
         for_each_part(out, out_size * channels, out_size, split, |oy, row| {
             vectorized(
                 #[inline(always)]
-                || self.row(x, size, pad, oy, row),
+                || self.row(x, (size, 0), pad, oy, row),
             );
         });
     }
@@ -94,7 +103,7 @@ impl Depthwise {
                 #[inline(always)]
                 || {
                     for (oy, row) in (first..).zip(hidden.chunks_exact_mut(out_size * channels)) {
-                        self.row(x, size, pad, oy, row);
+                        self.row(x, (size, 0), pad, oy, row);
                     }
                 },
             );
@@ -103,11 +112,85 @@ impl Depthwise {
         });
     }
 
+    /// A whole inverted-residual block: `expand` (a 1×1 convolution with ReLU6) of `x`
+    /// (`size`×`size`, channels-last), this convolution, then `project` into `out` with `then`.
+    /// The output rows go to the threads in one share each, and each share strip by strip: the
+    /// expanded rows a strip reads are made into a window of the thread's own (those it shares
+    /// with the strip before kept, moved to the front), its outputs are projected while in the
+    /// cache, and the expanded tensor (4.8 MB at 112×112) is never whole in memory. Only the
+    /// rows on either side of a share's edge are expanded twice.
+    pub fn forward_expanded(
+        &self,
+        expand: &Pointwise,
+        x: &[f32],
+        size: usize,
+        (project, out, then): (&Pointwise, &mut [f32], Then),
+        split: Split,
+    ) {
+        let (out_size, pad) = same_padding(size, self.kernel, self.stride);
+        let (channels, inputs) = (self.bias.len(), expand.inputs());
+        assert_eq!(expand.outputs(), channels);
+        let (out_row, window_row) = (out_size * project.outputs(), size * channels);
+        let strip_rows = STRIP_PIXELS.div_ceil(out_size);
+        let shares = match split {
+            Split::Threads(team) => team.threads(),
+            Split::None => 1,
+        };
+        for_each_part(out, out_row, shares, split, |first, out| {
+            STRIP_BUFFERS.with_borrow_mut(|(window, hidden)| {
+                // The expanded input rows the window holds.
+                let mut held = 0..0;
+                for (strip, out) in out.chunks_mut(strip_rows * out_row).enumerate() {
+                    let start = first + strip * strip_rows;
+                    let rows = start..start + out.len() / out_row;
+                    // The input rows the strip's taps read.
+                    let needed = (rows.start * self.stride).saturating_sub(pad)
+                        ..((rows.end - 1) * self.stride + self.kernel - pad).min(size);
+                    let kept = needed.start..held.end.max(needed.start);
+                    if !kept.is_empty() {
+                        let from = kept.start - held.start..kept.end - held.start;
+                        window.copy_within(from.start * window_row..from.end * window_row, 0);
+                    }
+                    let window = sized(window, needed.len() * window_row);
+                    let made = kept.end..needed.end;
+                    expand.forward(
+                        &x[made.start * size * inputs..made.end * size * inputs],
+                        &mut window[kept.len() * window_row..],
+                        Then::Relu6,
+                        Split::None,
+                    );
+                    held = needed.clone();
+                    let hidden = sized(hidden, rows.len() * out_size * channels);
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let rows = rows
+                                .clone()
+                                .zip(hidden.chunks_exact_mut(out_size * channels));
+                            for (oy, row) in rows {
+                                self.row(window, (size, needed.start), pad, oy, row);
+                            }
+                        },
+                    );
+                    let then = then.skipping(rows.start * out_row);
+                    project.forward(hidden, out, then, Split::None);
+                }
+            });
+        });
+    }
+
     /// Output row `oy`: the pixels whose taps all lie inside the image in runs of up to
     /// `RUN_PIXELS`, which share each weight vector loaded; the others (at the borders) one by
-    /// one, with only their taps inside the image.
+    /// one, with only their taps inside the image. `x` holds the image's rows from `origin` on.
     #[inline(always)]
-    fn row(&self, x: &[f32], size: usize, pad: usize, oy: usize, row: &mut [f32]) {
+    fn row(
+        &self,
+        x: &[f32],
+        (size, origin): (usize, usize),
+        pad: usize,
+        oy: usize,
+        row: &mut [f32],
+    ) {
         let channels = self.bias.len();
         let (k, stride) = (self.kernel, self.stride);
         let out_size = row.len() / channels;
@@ -121,7 +204,7 @@ impl Depthwise {
         // found once for the row.
         let mut inside_taps = Vec::with_capacity(k * k);
         if !inside.is_empty() {
-            self.taps(oy, inside.start, size, pad, &mut inside_taps);
+            self.taps((oy, inside.start), (size, origin), pad, &mut inside_taps);
         }
         let mut taps = Vec::with_capacity(k * k);
         let mut ox = 0;
@@ -139,7 +222,7 @@ impl Depthwise {
                     _ => self.pixels::<1>(x, taps, step, out),
                 }
             } else {
-                self.taps(oy, ox, size, pad, &mut taps);
+                self.taps((oy, ox), (size, origin), pad, &mut taps);
                 self.pixels::<1>(x, &taps, step, out)
             };
         }
@@ -151,9 +234,16 @@ impl Depthwise {
         self.stride == 1 && matches!(self.kernel, 3 | 5)
     }
 
-    /// Each tap inside the image of output pixel (`ox`, `oy`): its first input and weight.
+    /// Each tap inside the image of output pixel (`ox`, `oy`): its first input (in rows from
+    /// `origin` on) and weight.
     #[inline(always)]
-    fn taps(&self, oy: usize, ox: usize, size: usize, pad: usize, taps: &mut Vec<(usize, usize)>) {
+    fn taps(
+        &self,
+        (oy, ox): (usize, usize),
+        (size, origin): (usize, usize),
+        pad: usize,
+        taps: &mut Vec<(usize, usize)>,
+    ) {
         let (k, channels) = (self.kernel, self.bias.len());
         taps.clear();
         for ky in 0..k {
@@ -162,7 +252,8 @@ impl Depthwise {
             };
             for kx in 0..k {
                 if let Some(ix) = source(ox, kx, self.stride, pad, size) {
-                    taps.push(((iy * size + ix) * channels, (ky * k + kx) * channels));
+                    let input = ((iy - origin) * size + ix) * channels;
+                    taps.push((input, (ky * k + kx) * channels));
                 }
             }
         }
@@ -290,6 +381,51 @@ mod tests {
                 assert_eq!(strips_hidden, hidden);
                 assert_eq!(out, expected);
             }
+        }
+    }
+
+    /// A whole block with its expansion in strips, equal to the expansion, the depthwise
+    /// convolution and the projection run one after the other, to the bit: stride 1 with a
+    /// residual, stride 2 without, odd sizes (uneven shares and a last strip shorter than the
+    /// others); on the threads (two shares, each expanding a halo past its edge) and on one.
+    #[test]
+    fn expanded_strips_equal_the_three_passes() {
+        let (inputs, channels) = (16, 40);
+        for (size, k, stride, residual) in [(31, 3, 1, true), (57, 5, 2, false), (28, 5, 1, true)] {
+            let x: Vec<f32> = (0..size * size * inputs)
+                .map(|i| ((i * 29) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let expand_weights: Vec<f32> = (0..channels * inputs)
+                .map(|i| ((i * 11) % 9) as f32 * 0.1 - 0.3)
+                .collect();
+            let expand = Pointwise::new(&expand_weights, &vec![0.25; channels]);
+            let (_, weights, bias) = depthwise_values(size, channels, k);
+            let depthwise = Depthwise::new(&weights, bias, k, stride);
+            let outputs = if residual { inputs } else { 24 };
+            let project_weights: Vec<f32> = (0..outputs * channels)
+                .map(|i| ((i * 7) % 5) as f32 * 0.1 - 0.2)
+                .collect();
+            let project = Pointwise::new(&project_weights, &vec![0.5; outputs]);
+            let out_size = depthwise.output_size(size);
+            let then = if residual {
+                Then::Add(&x)
+            } else {
+                Then::Nothing
+            };
+            let mut expanded = vec![f32::NAN; size * size * channels];
+            expand.forward(&x, &mut expanded, Then::Relu6, Split::None);
+            let mut hidden = vec![f32::NAN; out_size * out_size * channels];
+            depthwise.forward(&expanded, size, &mut hidden, Split::None);
+            let mut expected = vec![f32::NAN; out_size * out_size * outputs];
+            project.forward(&hidden, &mut expected, then, Split::None);
+            let block = |split: Split| {
+                let mut out = vec![f32::NAN; out_size * out_size * outputs];
+                let projected = (&project, out.as_mut_slice(), then);
+                depthwise.forward_expanded(&expand, &x, size, projected, split);
+                out
+            };
+            assert_eq!(on_a_team_of_two(block), expected);
+            assert_eq!(block(Split::None), expected);
         }
     }
 
