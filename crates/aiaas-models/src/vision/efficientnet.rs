@@ -10,6 +10,7 @@
 //! to 1280 channels, global average pooling and a linear classifier. Batch norms (ε = 10⁻³) are
 //! folded into the convolutions at load; padding is TensorFlow's "same".
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -77,9 +78,14 @@ impl Block {
         let out = sized(out, out_size * out_size * self.project.outputs());
         let project = (&self.project, out, then);
         match &self.expand {
-            Some(expand) if out_size >= EXPANDED_IN_STRIPS_MIN_ROWS => {
+            Some(expand) if out_size >= IN_STRIPS_MIN_ROWS => {
+                let inputs = expand.inputs();
+                let expand_rows = |rows: Range<usize>, window: &mut [f32]| {
+                    let x = &x[rows.start * size * inputs..rows.end * size * inputs];
+                    expand.forward(x, window, Then::Relu6, Split::None);
+                };
                 self.depthwise
-                    .forward_expanded(expand, x, size, project, split);
+                    .forward_from_rows(size, expand_rows, project, split);
             }
             expand => {
                 let input = match expand {
@@ -100,11 +106,12 @@ impl Block {
     }
 }
 
-/// Output rows a block needs for its expansion to run strip by strip, each thread's share in a
-/// window of its own (`Depthwise::forward_expanded`): at 14×14 a share of 7 rows on two
-/// threads would expand 2 or 4 rows more than its own (a 3×3 or 5×5 filter's halo), and the
-/// expanded tensor (1.3 MB) stays in the cache anyway.
-const EXPANDED_IN_STRIPS_MIN_ROWS: usize = 28;
+/// Output rows a block needs for its input to be made strip by strip (by its expansion, or for
+/// the first block by the stem), each thread's share in a window of its own
+/// (`Depthwise::forward_from_rows`): at 14×14 a share of 7 rows on two threads would expand 2
+/// or 4 rows more than its own (a 3×3 or 5×5 filter's halo), and the expanded tensor (1.3 MB)
+/// stays in the cache anyway.
+const IN_STRIPS_MIN_ROWS: usize = 28;
 
 /// A block's intermediate activations, kept from block to block and image to image: fresh
 /// multi-megabyte buffers cost a zero-fill (or page faults) each, about a tenth of the time.
@@ -255,13 +262,37 @@ impl EfficientNet {
         let taken = self.scratch.lock().map(|mut pool| pool.pop());
         let (mut scratch, [mut x, mut out]) = taken.ok().flatten().unwrap_or_default();
         let mut size = self.stem.output_size(INPUT_SIZE);
-        let mut len = size * size * self.stem.outputs();
-        // The blocks' expansion buffer is free until the first block: the stem unrolls its
-        // patches there.
-        let patches = sized(&mut scratch.expanded, self.stem.patches_len(INPUT_SIZE));
-        self.stem
-            .forward(image, INPUT_SIZE, patches, sized(&mut x, len), split);
-        for block in &self.blocks {
+        let mut blocks = self.blocks.iter();
+        // The first block (without an expansion or a residual) reads the stem's rows as the
+        // stem makes them, strip by strip: its 1.6 MB output is never whole in memory.
+        let first = blocks.next().filter(|first| {
+            first.expand.is_none()
+                && !first.residual
+                && first.depthwise.output_size(size) >= IN_STRIPS_MIN_ROWS
+        });
+        let mut len = match first {
+            Some(first) => {
+                let stem_rows = |rows: Range<usize>, window: &mut [f32]| {
+                    self.stem.rows(image, INPUT_SIZE, rows, window);
+                };
+                let out_size = first.depthwise.output_size(size);
+                let len = out_size * out_size * first.project.outputs();
+                let project = (&first.project, sized(&mut x, len), Then::Nothing);
+                first
+                    .depthwise
+                    .forward_from_rows(size, stem_rows, project, split);
+                size = out_size;
+                len
+            }
+            None => {
+                blocks = self.blocks.iter();
+                let len = size * size * self.stem.outputs();
+                self.stem
+                    .forward(image, INPUT_SIZE, sized(&mut x, len), split);
+                len
+            }
+        };
+        for block in blocks {
             size = block.forward(&x[..len], size, &mut scratch, &mut out, split);
             len = size * size * block.project.outputs();
             std::mem::swap(&mut x, &mut out);

@@ -3,6 +3,7 @@
 //! they leave; optionally followed by the projection, strip by strip of rows.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use super::{
     for_each_part, for_each_strip, same_padding, sized, source, strip_min_rows, Kernel, Pointwise,
@@ -11,8 +12,8 @@ use super::{
 use crate::fast_math::vectorized;
 
 thread_local! {
-    /// A thread's window of expanded rows and its strip of depthwise outputs (see
-    /// `forward_expanded`), kept from call to call. A task on a team runs to its end without
+    /// A thread's window of input rows and its strip of depthwise outputs (see
+    /// `forward_from_rows`), kept from call to call. A task on a team runs to its end without
     /// giving its thread to another, so one set a thread is enough.
     static STRIP_BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
 }
@@ -112,24 +113,23 @@ impl Depthwise {
         });
     }
 
-    /// A whole inverted-residual block: `expand` (a 1×1 convolution with ReLU6) of `x`
-    /// (`size`×`size`, channels-last), this convolution, then `project` into `out` with `then`.
-    /// The output rows go to the threads in one share each, and each share strip by strip: the
-    /// expanded rows a strip reads are made into a window of the thread's own (those it shares
-    /// with the strip before kept, moved to the front), its outputs are projected while in the
-    /// cache, and the expanded tensor (4.8 MB at 112×112) is never whole in memory. Only the
-    /// rows on either side of a share's edge are expanded twice.
-    pub fn forward_expanded(
+    /// This convolution of a `size`×`size` channels-last input that `make_rows(rows, window)`
+    /// makes row by row (the rows `rows` into `window`, `size · channels` values a row: a 1×1
+    /// expansion's output, say), then `project` into `out` with `then`. The output rows go to
+    /// the threads in one share each, and each share strip by strip: the input rows a strip reads
+    /// are made into a window of the thread's own (those it shares with the strip before kept,
+    /// moved to the front), its outputs are projected while in the cache, and the input (the
+    /// expanded tensor of a block: 4.8 MB at 112×112) is never whole in memory. Only the rows on
+    /// either side of a share's edge are made twice.
+    pub fn forward_from_rows(
         &self,
-        expand: &Pointwise,
-        x: &[f32],
         size: usize,
+        make_rows: impl Fn(Range<usize>, &mut [f32]) + Sync,
         (project, out, then): (&Pointwise, &mut [f32], Then),
         split: Split,
     ) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
-        let (channels, inputs) = (self.bias.len(), expand.inputs());
-        assert_eq!(expand.outputs(), channels);
+        let channels = self.bias.len();
         let (out_row, window_row) = (out_size * project.outputs(), size * channels);
         let strip_rows = STRIP_PIXELS.div_ceil(out_size);
         let shares = match split {
@@ -138,7 +138,7 @@ impl Depthwise {
         };
         for_each_part(out, out_row, shares, split, |first, out| {
             STRIP_BUFFERS.with_borrow_mut(|(window, hidden)| {
-                // The expanded input rows the window holds.
+                // The input rows the window holds.
                 let mut held = 0..0;
                 for (strip, out) in out.chunks_mut(strip_rows * out_row).enumerate() {
                     let start = first + strip * strip_rows;
@@ -152,13 +152,7 @@ impl Depthwise {
                         window.copy_within(from.start * window_row..from.end * window_row, 0);
                     }
                     let window = sized(window, needed.len() * window_row);
-                    let made = kept.end..needed.end;
-                    expand.forward(
-                        &x[made.start * size * inputs..made.end * size * inputs],
-                        &mut window[kept.len() * window_row..],
-                        Then::Relu6,
-                        Split::None,
-                    );
+                    make_rows(kept.end..needed.end, &mut window[kept.len() * window_row..]);
                     held = needed.clone();
                     let hidden = sized(hidden, rows.len() * out_size * channels);
                     vectorized(
@@ -421,7 +415,11 @@ mod tests {
             let block = |split: Split| {
                 let mut out = vec![f32::NAN; out_size * out_size * outputs];
                 let projected = (&project, out.as_mut_slice(), then);
-                depthwise.forward_expanded(&expand, &x, size, projected, split);
+                let expand_rows = |rows: Range<usize>, window: &mut [f32]| {
+                    let x = &x[rows.start * size * inputs..rows.end * size * inputs];
+                    expand.forward(x, window, Then::Relu6, Split::None);
+                };
+                depthwise.forward_from_rows(size, expand_rows, projected, split);
                 out
             };
             assert_eq!(on_a_team_of_two(block), expected);

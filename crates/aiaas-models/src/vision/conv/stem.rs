@@ -1,7 +1,16 @@
 //! The network's first convolution, on the CHW image: patches unrolled into rows, then a
 //! pointwise product, strip by strip of output rows.
 
-use super::{for_each_strip, same_padding, source, Pointwise, Split, Then};
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::{for_each_part, same_padding, sized, source, strip_count, Pointwise, Split, Then};
+
+thread_local! {
+    /// A thread's unrolled patches, kept from call to call (a task runs to its end without
+    /// giving its thread to another).
+    static PATCHES: RefCell<Vec<f32>> = RefCell::default();
+}
 
 /// A full convolution on a CHW image (the network's input): the patches unrolled into rows,
 /// then a pointwise product.
@@ -38,28 +47,26 @@ impl Stem {
         self.product.outputs()
     }
 
-    /// Values `forward` unrolls the patches of a `size`×`size` image into.
-    pub fn patches_len(&self, size: usize) -> usize {
-        self.output_size(size).pow(2) * self.channels * self.kernel * self.kernel
+    /// The convolution of a CHW image of `size`×`size` pixels, with ReLU6, into `out`
+    /// (channels-last, overwritten, of `output_size(size)`² pixels), strip by strip of rows.
+    pub fn forward(&self, image: &[f32], size: usize, out: &mut [f32], split: Split) {
+        let out_size = self.output_size(size);
+        let out_row = out_size * self.outputs();
+        let strips = strip_count(out_size, split);
+        for_each_part(out, out_row, strips, split, |first, out| {
+            self.rows(image, size, first..first + out.len() / out_row, out);
+        });
     }
 
-    /// The convolution of a CHW image of `size`×`size` pixels, with ReLU6, into `out`
-    /// (channels-last, overwritten, of `output_size(size)`² pixels); `patches` (of
-    /// `patches_len(size)` values) is room for the unrolled patches.
-    pub fn forward(
-        &self,
-        image: &[f32],
-        size: usize,
-        patches: &mut [f32],
-        out: &mut [f32],
-        split: Split,
-    ) {
+    /// Output rows `rows` of the convolution of a CHW image of `size`×`size` pixels, with
+    /// ReLU6, into `out`: their patches unrolled (into a buffer of the thread's), then the
+    /// product.
+    pub fn rows(&self, image: &[f32], size: usize, rows: Range<usize>, out: &mut [f32]) {
         let (out_size, pad) = same_padding(size, self.kernel, self.stride);
         let patch = self.channels * self.kernel * self.kernel;
-        let mid = (patches, out_size * patch);
-        let outputs = (out, out_size * self.outputs());
-        for_each_strip(mid, outputs, split, |first, patches, out| {
-            for (oy, row) in (first..).zip(patches.chunks_exact_mut(out_size * patch)) {
+        PATCHES.with_borrow_mut(|patches| {
+            let patches = sized(patches, rows.len() * out_size * patch);
+            for (oy, row) in rows.zip(patches.chunks_exact_mut(out_size * patch)) {
                 self.patches_row(image, size, pad, oy, row);
             }
             self.product.forward(patches, out, Then::Relu6, Split::None);
@@ -139,9 +146,8 @@ mod tests {
             let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.02).collect();
             let stem = Stem::new(&weights, bias.clone(), channels, k, stride);
             let out_size = stem.output_size(size);
-            let mut patches = vec![f32::NAN; stem.patches_len(size)];
             let mut out = vec![f32::NAN; out_size * out_size * outputs];
-            on_a_team_of_two(|split| stem.forward(&image, size, &mut patches, &mut out, split));
+            on_a_team_of_two(|split| stem.forward(&image, size, &mut out, split));
             let (_, pad) = same_padding(size, k, stride);
             for (pixel, got) in out.chunks_exact(outputs).enumerate() {
                 let (oy, ox) = (pixel / out_size, pixel % out_size);
