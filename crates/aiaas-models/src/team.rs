@@ -107,7 +107,7 @@ impl Team {
             task,
             tasks,
             next: (0..self.threads)
-                .map(|seat| Cursor(AtomicUsize::new(share_start(seat, tasks, self.threads))))
+                .map(|seat| Cursor(AtomicUsize::new(part_start(seat, tasks, self.threads))))
                 .collect(),
             finished: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -193,7 +193,7 @@ impl Job<'_> {
     fn work(&self, seat: usize) {
         let seats = self.next.len();
         for share in (seat..seats).chain(0..seat) {
-            let end = share_start(share + 1, self.tasks, seats);
+            let end = part_start(share + 1, self.tasks, seats);
             loop {
                 let i = self.next[share].0.fetch_add(1, Ordering::Relaxed);
                 if i >= end {
@@ -219,10 +219,11 @@ impl Job<'_> {
     }
 }
 
-/// The first of `tasks` in the share of `seat` (of `seats`): the shares are as equal as can be,
-/// in order.
-fn share_start(seat: usize, tasks: usize, seats: usize) -> usize {
-    seat * tasks / seats
+/// The first of `units` in part `part` when they are shared out among `parts` in order, as
+/// equally as can be (the parts differ by one unit at most): how the team shares out a step's
+/// tasks among its seats, and how steps share out their pixels, rows or outputs among tasks.
+pub fn part_start(part: usize, units: usize, parts: usize) -> usize {
+    part * units / parts
 }
 
 /// Spins until `done`, yielding the core after a while.

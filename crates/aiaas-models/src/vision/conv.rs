@@ -19,7 +19,7 @@ use pointwise::GROUP;
 pub use pointwise::{Pointwise, Tile};
 pub use stem::Stem;
 
-use crate::team::Team;
+use crate::team::{part_start, Team};
 
 /// Whether a layer shares its pixels out among a team of threads (an image alone) or runs on
 /// the calling thread (when a batch's images keep the threads busy already, each on one image,
@@ -40,12 +40,6 @@ fn task_count(units: usize, wanted: usize, split: Split) -> usize {
         Split::Threads(team) if wanted >= team.threads() => wanted - wanted % team.threads(),
         _ => wanted,
     }
-}
-
-/// The first unit of task `task`'s part of `units` shared out among `tasks`: the parts are
-/// consecutive and as equal as can be (they differ by one unit at most).
-fn part_start(task: usize, units: usize, tasks: usize) -> usize {
-    task * units / tasks
 }
 
 /// `values`, of whole units of `unit` values, in the `tasks` parts of `part_start`.

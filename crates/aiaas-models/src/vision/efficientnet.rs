@@ -262,37 +262,31 @@ impl EfficientNet {
         let taken = self.scratch.lock().map(|mut pool| pool.pop());
         let (mut scratch, [mut x, mut out]) = taken.ok().flatten().unwrap_or_default();
         let mut size = self.stem.output_size(INPUT_SIZE);
-        let mut blocks = self.blocks.iter();
         // The first block (without an expansion or a residual) reads the stem's rows as the
         // stem makes them, strip by strip: its 1.6 MB output is never whole in memory.
-        let first = blocks.next().filter(|first| {
-            first.expand.is_none()
-                && !first.residual
-                && first.depthwise.output_size(size) >= IN_STRIPS_MIN_ROWS
-        });
-        let mut len = match first {
-            Some(first) => {
-                let stem_rows = |rows: Range<usize>, window: &mut [f32]| {
-                    self.stem.rows(image, INPUT_SIZE, rows, window);
-                };
-                let out_size = first.depthwise.output_size(size);
-                let len = out_size * out_size * first.project.outputs();
-                let project = (&first.project, sized(&mut x, len), Then::Nothing);
-                first
-                    .depthwise
-                    .forward_from_rows(size, stem_rows, project, split);
-                size = out_size;
-                len
-            }
-            None => {
-                blocks = self.blocks.iter();
-                let len = size * size * self.stem.outputs();
-                self.stem
-                    .forward(image, INPUT_SIZE, sized(&mut x, len), split);
-                len
-            }
+        let first = &self.blocks[0];
+        let stem_in_strips = first.expand.is_none()
+            && !first.residual
+            && first.depthwise.output_size(size) >= IN_STRIPS_MIN_ROWS;
+        let mut len = if stem_in_strips {
+            let stem_rows = |rows: Range<usize>, window: &mut [f32]| {
+                self.stem.rows(image, INPUT_SIZE, rows, window);
+            };
+            let out_size = first.depthwise.output_size(size);
+            let len = out_size * out_size * first.project.outputs();
+            let project = (&first.project, sized(&mut x, len), Then::Nothing);
+            first
+                .depthwise
+                .forward_from_rows(size, stem_rows, project, split);
+            size = out_size;
+            len
+        } else {
+            let len = size * size * self.stem.outputs();
+            self.stem
+                .forward(image, INPUT_SIZE, sized(&mut x, len), split);
+            len
         };
-        for block in blocks {
+        for block in &self.blocks[usize::from(stem_in_strips)..] {
             size = block.forward(&x[..len], size, &mut scratch, &mut out, split);
             len = size * size * block.project.outputs();
             std::mem::swap(&mut x, &mut out);

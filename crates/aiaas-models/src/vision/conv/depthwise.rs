@@ -100,16 +100,7 @@ impl Depthwise {
         let mid = (hidden, out_size * channels);
         let outputs = (out, out_size * project.outputs());
         for_each_strip(mid, outputs, split, |first, hidden, out| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (oy, row) in (first..).zip(hidden.chunks_exact_mut(out_size * channels)) {
-                        self.row(x, (size, 0), pad, oy, row);
-                    }
-                },
-            );
-            let then = then.skipping(first * out_size * project.outputs());
-            project.forward(hidden, out, then, Split::None);
+            self.strip((x, size, 0), pad, first, hidden, (project, out, then));
         });
     }
 
@@ -155,22 +146,37 @@ impl Depthwise {
                     make_rows(kept.end..needed.end, &mut window[kept.len() * window_row..]);
                     held = needed.clone();
                     let hidden = sized(hidden, rows.len() * out_size * channels);
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            let rows = rows
-                                .clone()
-                                .zip(hidden.chunks_exact_mut(out_size * channels));
-                            for (oy, row) in rows {
-                                self.row(window, (size, needed.start), pad, oy, row);
-                            }
-                        },
-                    );
-                    let then = then.skipping(rows.start * out_row);
-                    project.forward(hidden, out, then, Split::None);
+                    let input = (&*window, size, needed.start);
+                    self.strip(input, pad, rows.start, hidden, (project, out, then));
                 }
             });
         });
+    }
+
+    /// The output rows of a strip from `first` on into `hidden` (as many rows as it holds),
+    /// then `project` of them into `out` with what follows (`then`, for the whole output). `x`
+    /// holds the `size`×`size` input's rows from `origin` on.
+    #[inline(always)]
+    fn strip(
+        &self,
+        (x, size, origin): (&[f32], usize, usize),
+        pad: usize,
+        first: usize,
+        hidden: &mut [f32],
+        (project, out, then): (&Pointwise, &mut [f32], Then),
+    ) {
+        let out_size = self.output_size(size);
+        let hidden_row = out_size * self.bias.len();
+        vectorized(
+            #[inline(always)]
+            || {
+                for (oy, row) in (first..).zip(hidden.chunks_exact_mut(hidden_row)) {
+                    self.row(x, (size, origin), pad, oy, row);
+                }
+            },
+        );
+        let then = then.skipping(first * out_size * project.outputs());
+        project.forward(hidden, out, then, Split::None);
     }
 
     /// Output row `oy`: the pixels whose taps all lie inside the image in runs of up to
