@@ -1,17 +1,16 @@
 //! Formats of 32 weights a block (Q4_0, Q4_1, Q5_0, Q8_0) and their activations, ggml's Q8_1
-//! (Q8_0 plus the scaled sum that a Q4_1 block's minimum multiplies), and the lane-wise
-//! arithmetic of their products (`dot_row`) that every kernel computes to the bit.
+//! (Q8_0 plus the scaled sum that a Q4_1 block's minimum multiplies), and the arithmetic of
+//! their products (`dot_row`) that every kernel computes to the bit. Matrices of them are kept
+//! in groups of rows (`row_groups`).
 
 use half::f16;
 
 use crate::fast_math;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx512::{Avx512, PairedActivations};
-use super::{ActivationBlock, WeightBlock};
-
-/// Float lanes of a row's running sum: a 512-bit register of f32.
-pub(super) const LANES: usize = 16;
+use super::avx512::Unpack;
+use super::row_groups::{ByteGroup, NibbleGroup, RowGroup, GROUP_ROWS};
+use super::ActivationBlock;
 
 pub(super) const BLOCK: usize = 32;
 
@@ -105,12 +104,18 @@ fn unpack_nibbles(nibbles: &[u8; BLOCK / 2], fifth_bits: u32, offset: i8) -> [i8
 }
 
 /// What a format of 32-weight blocks tells the shared arithmetic.
-pub(super) trait Block32: Sized + Send + Sync {
+pub trait Block32: Sized + Send + Sync + 'static {
     const BYTES: usize;
     /// Whether blocks add a minimum (`scale · q + min`).
     const HAS_MIN: bool = false;
-    /// What the AVX-512 kernels' unsigned form of the weights adds to the block's integers.
+    /// What the unsigned form of the weights, which `row_groups` keeps, adds to the block's
+    /// integers.
     const UNSIGNED_OFFSET: u8;
+    /// How 16 rows' blocks are kept side by side (`row_groups`).
+    #[cfg(target_arch = "x86_64")]
+    type Group: RowGroup + Unpack;
+    #[cfg(not(target_arch = "x86_64"))]
+    type Group: RowGroup;
     fn read(bytes: &[u8]) -> Self;
     /// The block's integers in activation order (the weights over the scale).
     fn values(&self) -> [i8; BLOCK];
@@ -118,122 +123,54 @@ pub(super) trait Block32: Sized + Send + Sync {
     fn min(&self) -> f32 {
         0.0
     }
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(
-        cpu: Avx512,
-        weights: &[Self],
-        per_row: usize,
-        activations: &PairedActivations,
-        out: &mut [f32],
-    );
 }
 
-impl<B: Block32> WeightBlock for B {
-    const BYTES: usize = B::BYTES;
-    type Activations = Q8Activations;
+/// A block as the portable kernel reads it back from its group.
+pub(super) struct Unpacked {
+    pub values: [i8; BLOCK],
+    pub scale: f32,
+    pub min: f32,
+}
 
-    fn read(bytes: &[u8]) -> Self {
-        B::read(bytes)
-    }
-
+impl Unpacked {
     /// As ggml's `dequantize_row`: `q · scale`, plus the minimum where there is one.
-    fn dequantize(&self, out: &mut [f32]) {
-        for (out, q) in out.iter_mut().zip(self.values()) {
-            *out = f32::from(q) * self.scale();
-            if B::HAS_MIN {
-                *out += self.min();
+    pub fn dequantize(&self, has_min: bool, out: &mut [f32]) {
+        for (out, q) in out.iter_mut().zip(self.values) {
+            *out = f32::from(q) * self.scale;
+            if has_min {
+                *out += self.min;
             }
         }
-    }
-
-    #[inline(always)]
-    fn dot_row(weights: &[Self], activations: &[Q8Activations]) -> f32 {
-        dot_row(weights, activations)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    type Avx512Activations = PairedActivations;
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_activations(cpu: Avx512, x: &[f32], cols: usize) -> PairedActivations {
-        PairedActivations::quantize(cpu, x, cols, B::UNSIGNED_OFFSET)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(
-        cpu: Avx512,
-        weights: &[Self],
-        per_row: usize,
-        activations: &PairedActivations,
-        out: &mut [f32],
-    ) {
-        B::avx512_rows(cpu, weights, per_row, activations, out);
     }
 }
 
-/// One row times one token, in 16 float lanes over pairs of blocks, as ggml's SIMD kernels
-/// sum. Lane l of pair p takes block 2p + l / 8: its values 4(l mod 8) to 4(l mod 8) + 3 meet
-/// their activations in an exact integer sum, which the lane adds times the product of the
-/// block's and the activations' scales in one fused multiply-add. A lone last block pairs with
-/// an empty one (zero weights, activations, scales and minimum). Minimums times the
-/// activations' scaled sums accumulate likewise in lanes of their own: lane 0 for the first
-/// block of each pair, lane 8 for the second. Each set of lanes is then summed pairwise
-/// (`sum_lanes`).
+/// One row times one token, block after block as ggml's reference `vec_dot` sums: the exact
+/// integer sum of the block's products, times the product of the block's and the activations'
+/// scales, added in one fused multiply-add; then, for formats with minimums, the minimum times
+/// the activations' scaled sum, likewise. An exact integer sum a block is what lets the SIMD
+/// kernel convert and scale once per 32 products instead of once per 4.
 #[inline(always)]
-pub(super) fn dot_row<B: Block32>(weights: &[B], activations: &[Q8Activations]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let mut min_lanes = [0f32; LANES];
-    for (w, a) in weights.chunks(2).zip(activations.chunks(2)) {
-        for (half, lanes) in lanes.chunks_exact_mut(LANES / 2).enumerate() {
-            let min_lane = &mut min_lanes[half * LANES / 2];
-            let (Some(w), Some(a)) = (w.get(half), a.get(half)) else {
-                for lane in lanes {
-                    *lane = 0f32.mul_add(0.0, *lane);
-                }
-                if B::HAS_MIN {
-                    *min_lane = 0f32.mul_add(0.0, *min_lane);
-                }
-                continue;
-            };
-            let scale = w.scale() * a.scale;
-            // Whole arrays, so that the compiler vectorizes the products and the sums of four.
-            let mut products = [0i32; BLOCK];
-            for ((p, w), x) in products.iter_mut().zip(w.values()).zip(a.values) {
-                *p = i32::from(w) * i32::from(x);
-            }
-            for (lane, four) in lanes.iter_mut().zip(products.chunks_exact(4)) {
-                let sum = four[0] + four[1] + four[2] + four[3];
-                *lane = (sum as f32).mul_add(scale, *lane);
-            }
-            if B::HAS_MIN {
-                *min_lane = w.min().mul_add(a.scaled_sum, *min_lane);
-            }
+pub(super) fn dot_row(weights: &[Unpacked], activations: &[Q8Activations], has_min: bool) -> f32 {
+    let mut total = 0f32;
+    for (w, a) in weights.iter().zip(activations) {
+        // Whole arrays, so that the compiler vectorizes the products and their sum.
+        let mut products = [0i32; BLOCK];
+        for ((p, w), x) in products.iter_mut().zip(w.values).zip(a.values) {
+            *p = i32::from(w) * i32::from(x);
         }
-    }
-    let mut total = sum_lanes(&lanes);
-    if B::HAS_MIN {
-        total += sum_lanes(&min_lanes);
+        let sum: i32 = products.iter().sum();
+        total = (w.scale * a.scale).mul_add(sum as f32, total);
+        if has_min {
+            total = w.min.mul_add(a.scaled_sum, total);
+        }
     }
     total
-}
-
-/// Lanes i and i + 8 added, then i and i + 4 of those, then i and i + 2, then the two left.
-#[inline(always)]
-pub(super) fn sum_lanes(lanes: &[f32; LANES]) -> f32 {
-    let mut width = LANES;
-    let mut sums = *lanes;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            sums[i] += sums[i + width];
-        }
-    }
-    sums[0]
 }
 
 impl Block32 for Q4_0 {
     const BYTES: usize = 2 + BLOCK / 2;
     const UNSIGNED_OFFSET: u8 = 8;
+    type Group = NibbleGroup<0, 0>;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -249,23 +186,13 @@ impl Block32 for Q4_0 {
     fn scale(&self) -> f32 {
         self.scale
     }
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(
-        cpu: Avx512,
-        w: &[Self],
-        per_row: usize,
-        a: &PairedActivations,
-        out: &mut [f32],
-    ) {
-        cpu.q4_0_rows(w, per_row, a, out);
-    }
 }
 
 impl Block32 for Q4_1 {
     const BYTES: usize = 4 + BLOCK / 2;
     const HAS_MIN: bool = true;
     const UNSIGNED_OFFSET: u8 = 0;
+    type Group = NibbleGroup<0, { GROUP_ROWS }>;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -286,22 +213,12 @@ impl Block32 for Q4_1 {
     fn min(&self) -> f32 {
         self.min
     }
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(
-        cpu: Avx512,
-        w: &[Self],
-        per_row: usize,
-        a: &PairedActivations,
-        out: &mut [f32],
-    ) {
-        cpu.q4_1_rows(w, per_row, a, out);
-    }
 }
 
 impl Block32 for Q5_0 {
     const BYTES: usize = 2 + 4 + BLOCK / 2;
     const UNSIGNED_OFFSET: u8 = 16;
+    type Group = NibbleGroup<8, 0>;
 
     fn read(bytes: &[u8]) -> Self {
         Self {
@@ -318,22 +235,12 @@ impl Block32 for Q5_0 {
     fn scale(&self) -> f32 {
         self.scale
     }
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(
-        cpu: Avx512,
-        w: &[Self],
-        per_row: usize,
-        a: &PairedActivations,
-        out: &mut [f32],
-    ) {
-        cpu.q5_0_rows(w, per_row, a, out);
-    }
 }
 
 impl Block32 for Q8_0 {
     const BYTES: usize = 2 + BLOCK;
     const UNSIGNED_OFFSET: u8 = 128;
+    type Group = ByteGroup;
 
     fn read(bytes: &[u8]) -> Self {
         let mut values = [0i8; BLOCK];
@@ -352,16 +259,5 @@ impl Block32 for Q8_0 {
 
     fn scale(&self) -> f32 {
         self.scale
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_rows(
-        cpu: Avx512,
-        w: &[Self],
-        per_row: usize,
-        a: &PairedActivations,
-        out: &mut [f32],
-    ) {
-        cpu.q8_0_rows(w, per_row, a, out);
     }
 }

@@ -11,17 +11,21 @@
 //! for K-quants, which moved logits by up to 0.7).
 //!
 //! Formats: `blocks` (32 weights a block: Q4_0, Q4_1, Q5_0, Q8_0, against ggml's Q8_0/Q8_1
-//! activations) and `k_quants` (256-weight super-blocks: Q4_K, Q6_K, against Q8_K activations).
+//! activations, kept in groups of 16 rows: `row_groups`, `GroupedMatrix`) and `k_quants`
+//! (256-weight super-blocks: Q4_K, Q6_K, against Q8_K activations, row after row:
+//! `QuantizedMatrix`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocks;
 mod k_quants;
+mod row_groups;
 
 use rayon::prelude::*;
 
 pub use blocks::{Q4_0, Q4_1, Q5_0, Q8_0};
 pub use k_quants::{Q4K, Q6K};
+pub use row_groups::GroupedMatrix;
 
 use crate::fast_math::vectorized;
 use crate::{ModelError, Result};
@@ -232,13 +236,13 @@ mod tests {
 
     use super::*;
 
-    /// A `rows` × `cols` matrix quantized by candle (ggml's reference quantizers), read back
-    /// by this module, and the dense weights it stands for (candle's dequantization).
-    fn quantized<B: WeightBlock>(
+    /// A `rows` × `cols` matrix quantized by candle (ggml's reference quantizers): its GGUF
+    /// bytes, and the dense weights it stands for (candle's dequantization).
+    pub(super) fn quantized_bytes(
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
-    ) -> (QuantizedMatrix<B>, Vec<f32>) {
+    ) -> (Vec<u8>, Vec<f32>) {
         let values: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 + i / cols * 13) % 997) as f32 / 498.0 - 1.0)
             .collect();
@@ -246,14 +250,31 @@ mod tests {
         let q = QTensor::quantize(&tensor, dtype).unwrap();
         let dense = q.dequantize(&Device::Cpu).unwrap();
         let dense = dense.flatten_all().unwrap().to_vec1().unwrap();
-        let matrix = QuantizedMatrix::from_bytes(&q.data().unwrap(), rows, cols).unwrap();
-        (matrix, dense)
+        (q.data().unwrap().to_vec(), dense)
     }
 
-    /// Checks the product against the dense one, within the error of 8-bit activations.
-    fn check<B: WeightBlock>(dtype: GgmlDType) {
+    /// A matrix of K-quant blocks, read back by this module, and its dense weights.
+    fn quantized<B: WeightBlock>(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+    ) -> (QuantizedMatrix<B>, Vec<f32>) {
+        let (bytes, dense) = quantized_bytes(dtype, rows, cols);
+        (
+            QuantizedMatrix::from_bytes(&bytes, rows, cols).unwrap(),
+            dense,
+        )
+    }
+
+    /// Makes a matrix of a tensor's bytes, rows and columns.
+    type Reader = fn(&[u8], usize, usize) -> Result<Box<dyn Product>>;
+
+    /// Checks the product of a matrix read by `read` against the dense one, within the error of
+    /// 8-bit activations.
+    fn check(dtype: GgmlDType, read: Reader) {
         let (rows, cols, tokens) = (37, 512, 3);
-        let (m, dense) = quantized::<B>(dtype, rows, cols);
+        let (bytes, dense) = quantized_bytes(dtype, rows, cols);
+        let m = read(&bytes, rows, cols).unwrap();
         let x: Vec<f32> = (0..tokens * cols)
             .map(|i| ((i * 104_729) % 200) as f32 / 100.0 - 1.0)
             .collect();
@@ -282,14 +303,47 @@ mod tests {
         assert_eq!(last.as_slice(), &out[(tokens - 1) * rows..]);
     }
 
+    fn boxed<P: Product + 'static>(read: Result<P>) -> Result<Box<dyn Product>> {
+        Ok(Box::new(read?))
+    }
+
     #[test]
     fn every_format_matches_the_dense_product_within_8_bit_rounding() {
-        check::<Q4_0>(GgmlDType::Q4_0);
-        check::<Q4_1>(GgmlDType::Q4_1);
-        check::<Q5_0>(GgmlDType::Q5_0);
-        check::<Q8_0>(GgmlDType::Q8_0);
-        check::<Q4K>(GgmlDType::Q4K);
-        check::<Q6K>(GgmlDType::Q6K);
+        check(GgmlDType::Q4_0, |b, r, c| {
+            boxed(GroupedMatrix::<Q4_0>::from_bytes(b, r, c))
+        });
+        check(GgmlDType::Q4_1, |b, r, c| {
+            boxed(GroupedMatrix::<Q4_1>::from_bytes(b, r, c))
+        });
+        check(GgmlDType::Q5_0, |b, r, c| {
+            boxed(GroupedMatrix::<Q5_0>::from_bytes(b, r, c))
+        });
+        check(GgmlDType::Q8_0, |b, r, c| {
+            boxed(GroupedMatrix::<Q8_0>::from_bytes(b, r, c))
+        });
+        check(GgmlDType::Q4K, |b, r, c| {
+            boxed(QuantizedMatrix::<Q4K>::from_bytes(b, r, c))
+        });
+        check(GgmlDType::Q6K, |b, r, c| {
+            boxed(QuantizedMatrix::<Q6K>::from_bytes(b, r, c))
+        });
+    }
+
+    /// `tokens` tokens of `cols` activations that try a kernel's quantizer: the first all zeros,
+    /// the second with values halfway between integers once scaled.
+    pub(super) fn kernel_test_tokens(tokens: usize, cols: usize) -> Vec<f32> {
+        let mut x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 104_729) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        x[..cols].fill(0.0);
+        for (i, x) in x[cols..2 * cols].iter_mut().enumerate() {
+            *x = if i % 32 == 0 {
+                127.0
+            } else {
+                (i % 32) as f32 - 16.5
+            };
+        }
+        x
     }
 
     /// The AVX-512 kernel and quantizer against the portable ones, to the bit: rows whose block
@@ -304,17 +358,7 @@ mod tests {
         // 31 tokens: a tile of each size (16, 8, 4, 2, 1).
         let (rows, tokens) = (5, 31);
         let (m, _) = quantized::<B>(dtype, rows, cols);
-        let mut x: Vec<f32> = (0..tokens * cols)
-            .map(|i| ((i * 104_729) % 255) as f32 / 127.0 - 1.0)
-            .collect();
-        x[..cols].fill(0.0);
-        for (i, x) in x[cols..2 * cols].iter_mut().enumerate() {
-            *x = if i % 32 == 0 {
-                127.0
-            } else {
-                (i % 32) as f32 - 16.5
-            };
-        }
+        let x = kernel_test_tokens(tokens, cols);
         let activations: Vec<B::Activations> = x
             .chunks_exact(B::Activations::SIZE)
             .map(B::Activations::quantize)
@@ -343,21 +387,16 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_avx512_kernels_equal_the_portable_one_to_the_bit() {
-        // 19 blocks of 32: one chunk of 16 and an odd tail.
-        simd_matches_portable::<Q4_0>(GgmlDType::Q4_0, 19 * 32);
-        simd_matches_portable::<Q4_1>(GgmlDType::Q4_1, 19 * 32);
-        simd_matches_portable::<Q5_0>(GgmlDType::Q5_0, 19 * 32);
-        simd_matches_portable::<Q8_0>(GgmlDType::Q8_0, 19 * 32);
+    fn the_avx512_k_quant_kernels_equal_the_portable_one_to_the_bit() {
         simd_matches_portable::<Q4K>(GgmlDType::Q4K, 3 * 256);
         simd_matches_portable::<Q6K>(GgmlDType::Q6K, 3 * 256);
     }
 
     #[test]
     fn a_wrong_size_is_an_error() {
-        assert!(QuantizedMatrix::<Q4_1>::from_bytes(&[0; 19], 1, 32).is_err());
-        assert!(QuantizedMatrix::<Q4_1>::from_bytes(&[0; 20], 1, 31).is_err());
-        assert!(QuantizedMatrix::<Q5_0>::from_bytes(&[0; 20], 1, 32).is_err());
+        assert!(GroupedMatrix::<Q4_1>::from_bytes(&[0; 19], 1, 32).is_err());
+        assert!(GroupedMatrix::<Q4_1>::from_bytes(&[0; 20], 1, 31).is_err());
+        assert!(GroupedMatrix::<Q5_0>::from_bytes(&[0; 20], 1, 32).is_err());
         assert!(QuantizedMatrix::<Q4K>::from_bytes(&[0; 144], 1, 32).is_err());
     }
 }
