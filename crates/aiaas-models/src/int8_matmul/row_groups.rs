@@ -131,8 +131,8 @@ pub struct GroupedMatrix<B: Block32> {
     groups: Vec<B::Group>,
 }
 
-/// Groups one task packs when a matrix is read.
-const GROUPS_PER_PACKING_TASK: usize = 64;
+/// Blocks of groups one task packs when a matrix is read.
+const BLOCKS_PER_PACKING_TASK: usize = 1024;
 
 impl<B: Block32> GroupedMatrix<B> {
     /// Reads the raw bytes of a GGUF tensor of `rows` rows of `cols` weights.
@@ -146,22 +146,12 @@ impl<B: Block32> GroupedMatrix<B> {
         }
         let per_row = cols / BLOCK;
         let groups = rows.div_ceil(GROUP_ROWS);
-        let mut packed = vec![None; groups * per_row];
-        packed
-            .par_chunks_mut(GROUPS_PER_PACKING_TASK * per_row)
-            .enumerate()
-            .for_each(|(task, packed)| {
-                for (i, packed) in packed.iter_mut().enumerate() {
-                    let index = task * GROUPS_PER_PACKING_TASK * per_row + i;
-                    let (group, block) = (index / per_row, index % per_row);
-                    *packed = Some(pack_group::<B>(bytes, rows, per_row, group, block));
-                }
-            });
-        Ok(Self {
-            rows,
-            cols,
-            groups: packed.into_iter().flatten().collect(),
-        })
+        let groups = (0..groups * per_row)
+            .into_par_iter()
+            .with_min_len(BLOCKS_PER_PACKING_TASK)
+            .map(|index| pack_group::<B>(bytes, rows, per_row, index / per_row, index % per_row))
+            .collect();
+        Ok(Self { rows, cols, groups })
     }
 
     /// The products of every group's rows with every token, group after group, each group's
