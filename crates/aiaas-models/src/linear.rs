@@ -6,9 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::int8_matmul::{
-    GroupedMatrix, Product, QuantizedMatrix, WeightBlock, Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0,
-};
+use crate::int8_matmul::{GroupedFormat, GroupedMatrix, Product, Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0};
 use crate::{ModelError, Result};
 
 pub enum Linear {
@@ -24,24 +22,18 @@ impl Linear {
 
     /// Takes a `(out, in)` weight tensor that is also used elsewhere (tied embeddings).
     pub fn shared(weights: Arc<QTensor>) -> Result<Self> {
-        /// A matrix that `read` makes of the tensor's rows, columns and bytes.
-        fn own<P: Product + 'static>(
-            weights: &QTensor,
-            read: fn(&[u8], usize, usize) -> Result<P>,
-        ) -> Result<Linear> {
+        fn own<F: GroupedFormat>(weights: &QTensor) -> Result<Linear> {
             let (rows, cols) = weights.shape().dims2()?;
-            Ok(Linear::Own(Box::new(read(&weights.data()?, rows, cols)?)))
-        }
-        fn k_quants<B: WeightBlock + 'static>(weights: &QTensor) -> Result<Linear> {
-            own(weights, QuantizedMatrix::<B>::from_bytes)
+            let matrix = GroupedMatrix::<F>::from_bytes(&weights.data()?, rows, cols)?;
+            Ok(Linear::Own(Box::new(matrix)))
         }
         match weights.dtype() {
-            GgmlDType::Q4_0 => own(&weights, GroupedMatrix::<Q4_0>::from_bytes),
-            GgmlDType::Q4_1 => own(&weights, GroupedMatrix::<Q4_1>::from_bytes),
-            GgmlDType::Q5_0 => own(&weights, GroupedMatrix::<Q5_0>::from_bytes),
-            GgmlDType::Q8_0 => own(&weights, GroupedMatrix::<Q8_0>::from_bytes),
-            GgmlDType::Q4K => k_quants::<Q4K>(&weights),
-            GgmlDType::Q6K => k_quants::<Q6K>(&weights),
+            GgmlDType::Q4_0 => own::<Q4_0>(&weights),
+            GgmlDType::Q4_1 => own::<Q4_1>(&weights),
+            GgmlDType::Q5_0 => own::<Q5_0>(&weights),
+            GgmlDType::Q8_0 => own::<Q8_0>(&weights),
+            GgmlDType::Q4K => own::<Q4K>(&weights),
+            GgmlDType::Q6K => own::<Q6K>(&weights),
             _ => Ok(Self::Candle(QMatMul::from_arc(weights)?)),
         }
     }

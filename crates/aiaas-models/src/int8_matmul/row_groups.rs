@@ -14,12 +14,54 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512::{Avx512, TokenBlocks};
 use super::blocks::{dot_row, Block32, Q8Activations, Unpacked, BLOCK};
-use super::{quantize_tokens, Product, FEW_TOKENS, TASKS_FOR_FEW_TOKENS};
+use super::{quantize_tokens, ActivationBlock, Product, FEW_TOKENS, TASKS_FOR_FEW_TOKENS};
 use crate::fast_math::vectorized;
 use crate::{ModelError, Result};
 
 /// Rows a group holds: the lanes of a 512-bit register of 32-bit sums.
 pub(super) const GROUP_ROWS: usize = 16;
+
+/// A block format whose matrices are kept in groups of 16 rows.
+pub trait GroupedFormat: Sized + Send + Sync + 'static {
+    /// Weights a block.
+    const WEIGHTS: usize;
+    /// Bytes a block takes in the file.
+    const BYTES: usize;
+    /// Block b of 16 rows.
+    type Group: Copy + Send + Sync;
+    /// The portable kernel's activations, one a block.
+    type Activations: ActivationBlock;
+    /// Block `block` of group `group`'s rows, read from a tensor's `bytes` of `per_row` blocks
+    /// a row (rows past `rows`: zero weights, scales and minimums).
+    fn pack(bytes: &[u8], rows: usize, per_row: usize, group: usize, block: usize) -> Self::Group;
+    /// Row `row` of a group's blocks times each token's activation blocks (`blocks.len()` each),
+    /// into `out[token · 16 + row]`: the format's arithmetic, which the SIMD kernel computes to
+    /// the bit.
+    fn portable_row(
+        blocks: &[Self::Group],
+        row: usize,
+        activations: &[Self::Activations],
+        out: &mut [f32],
+    );
+    /// Row `row` of a group's blocks as f32, as ggml's `dequantize_row` computes it.
+    fn dequantize_row(blocks: &[Self::Group], row: usize, out: &mut [f32]);
+    /// A product's activations as the AVX-512 kernel reads them.
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Activations: Send + Sync;
+    /// `x` (tokens of `cols` values) quantized for the AVX-512 kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_activations(cpu: Avx512, x: &[f32], cols: usize) -> Self::Avx512Activations;
+    /// Groups of `per_row` blocks times every token into `out` (group after group, token after
+    /// token, 16 rows each) with AVX-512 VNNI instructions.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_groups(
+        cpu: Avx512,
+        groups: &[Self::Group],
+        per_row: usize,
+        activations: &Self::Avx512Activations,
+        out: &mut [f32],
+    );
+}
 
 /// Block b of 16 rows in a format's layout.
 pub trait RowGroup: Copy + Send + Sync {
@@ -122,34 +164,34 @@ impl RowGroup for ByteGroup {
     }
 }
 
-/// A `rows` × `cols` matrix of 32-weight blocks in groups of 16 rows (the last one padded with
-/// zero blocks).
-pub struct GroupedMatrix<B: Block32> {
+/// A `rows` × `cols` matrix in groups of 16 rows (the last one padded with zero blocks).
+pub struct GroupedMatrix<F: GroupedFormat> {
     rows: usize,
     cols: usize,
     /// Group g's block b at `g · blocks a row + b`.
-    groups: Vec<B::Group>,
+    groups: Vec<F::Group>,
 }
 
 /// Blocks of groups one task packs when a matrix is read.
 const BLOCKS_PER_PACKING_TASK: usize = 1024;
 
-impl<B: Block32> GroupedMatrix<B> {
+impl<F: GroupedFormat> GroupedMatrix<F> {
     /// Reads the raw bytes of a GGUF tensor of `rows` rows of `cols` weights.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * B::BYTES {
+        let size = F::WEIGHTS;
+        if !cols.is_multiple_of(size) || bytes.len() != rows * cols / size * F::BYTES {
             return Err(ModelError::Format(format!(
-                "a {rows}×{cols} tensor of {}-byte blocks of {BLOCK} cannot hold {} bytes",
-                B::BYTES,
+                "a {rows}×{cols} tensor of {}-byte blocks of {size} cannot hold {} bytes",
+                F::BYTES,
                 bytes.len()
             )));
         }
-        let per_row = cols / BLOCK;
+        let per_row = cols / size;
         let groups = rows.div_ceil(GROUP_ROWS);
         let groups = (0..groups * per_row)
             .into_par_iter()
             .with_min_len(BLOCKS_PER_PACKING_TASK)
-            .map(|index| pack_group::<B>(bytes, rows, per_row, index / per_row, index % per_row))
+            .map(|index| F::pack(bytes, rows, per_row, index / per_row, index % per_row))
             .collect();
         Ok(Self { rows, cols, groups })
     }
@@ -157,7 +199,7 @@ impl<B: Block32> GroupedMatrix<B> {
     /// The products of every group's rows with every token, group after group, each group's
     /// token after token (16 values each), computed by `kernel`.
     fn by_group(&self, x: &[f32], tokens: usize, kernel: Kernel) -> Vec<f32> {
-        let per_row = self.cols / BLOCK;
+        let per_row = self.cols / F::WEIGHTS;
         let groups = self.rows.div_ceil(GROUP_ROWS);
         // With more tokens a group's weights stay in the cache while tiles of tokens pass
         // over them; with few, each group is quick work and tasks take several.
@@ -178,18 +220,18 @@ impl<B: Block32> GroupedMatrix<B> {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(cpu) => {
-                let activations = TokenBlocks::quantize(cpu, x, self.cols, B::UNSIGNED_OFFSET);
+                let activations = F::avx512_activations(cpu, x, self.cols);
                 tasks.for_each(|(task, out)| {
-                    cpu.group_rows::<B>(weights_of(task, out), per_row, &activations, out)
+                    F::avx512_groups(cpu, weights_of(task, out), per_row, &activations, out)
                 });
             }
             Kernel::Portable => {
-                let activations = quantize_tokens::<Q8Activations>(x, self.cols);
+                let activations = quantize_tokens::<F::Activations>(x, self.cols);
                 tasks.for_each(|(task, out)| {
                     let weights = weights_of(task, out);
                     vectorized(
                         #[inline(always)]
-                        || portable_groups::<B>(weights, per_row, &activations, out),
+                        || portable_groups::<F>(weights, per_row, &activations, out),
                     )
                 });
             }
@@ -214,6 +256,55 @@ impl<B: Block32> GroupedMatrix<B> {
                 }
             });
         out
+    }
+}
+
+impl<B: Block32> GroupedFormat for B {
+    const WEIGHTS: usize = BLOCK;
+    const BYTES: usize = B::BYTES;
+    type Group = B::Group;
+    type Activations = Q8Activations;
+
+    fn pack(bytes: &[u8], rows: usize, per_row: usize, group: usize, block: usize) -> B::Group {
+        pack_group::<B>(bytes, rows, per_row, group, block)
+    }
+
+    #[inline(always)]
+    fn portable_row(
+        blocks: &[B::Group],
+        row: usize,
+        activations: &[Q8Activations],
+        out: &mut [f32],
+    ) {
+        let weights: Vec<Unpacked> = blocks.iter().map(|g| unpacked::<B>(g, row)).collect();
+        for (token, activations) in activations.chunks_exact(blocks.len()).enumerate() {
+            out[token * GROUP_ROWS + row] = dot_row(&weights, activations, B::HAS_MIN);
+        }
+    }
+
+    fn dequantize_row(blocks: &[B::Group], row: usize, out: &mut [f32]) {
+        for (block, out) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
+            unpacked::<B>(block, row).dequantize(B::HAS_MIN, out);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Avx512Activations = TokenBlocks;
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_activations(cpu: Avx512, x: &[f32], cols: usize) -> TokenBlocks {
+        TokenBlocks::quantize(cpu, x, cols, B::UNSIGNED_OFFSET)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_groups(
+        cpu: Avx512,
+        groups: &[B::Group],
+        per_row: usize,
+        activations: &TokenBlocks,
+        out: &mut [f32],
+    ) {
+        cpu.group_rows::<B>(groups, per_row, activations, out);
     }
 }
 
@@ -278,10 +369,10 @@ impl Kernel {
 
 /// `by_group` for groups of weights (`per_row` blocks each) with the portable kernel.
 #[inline(always)]
-fn portable_groups<B: Block32>(
-    groups: &[B::Group],
+fn portable_groups<F: GroupedFormat>(
+    groups: &[F::Group],
     per_row: usize,
-    activations: &[Q8Activations],
+    activations: &[F::Activations],
     out: &mut [f32],
 ) {
     let tokens = activations.len() / per_row;
@@ -290,15 +381,12 @@ fn portable_groups<B: Block32>(
         .zip(out.chunks_exact_mut(GROUP_ROWS * tokens))
     {
         for row in 0..GROUP_ROWS {
-            let weights: Vec<Unpacked> = group.iter().map(|g| unpacked::<B>(g, row)).collect();
-            for (token, activations) in activations.chunks_exact(per_row).enumerate() {
-                out[token * GROUP_ROWS + row] = dot_row(&weights, activations, B::HAS_MIN);
-            }
+            F::portable_row(group, row, activations, out);
         }
     }
 }
 
-impl<B: Block32> Product for GroupedMatrix<B> {
+impl<F: GroupedFormat> Product for GroupedMatrix<F> {
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), tokens * self.cols);
         let by_group = self.by_group(x, tokens, Kernel::detect());
@@ -306,14 +394,11 @@ impl<B: Block32> Product for GroupedMatrix<B> {
     }
 
     fn gather(&self, rows: &[u32]) -> Vec<f32> {
-        let per_row = self.cols / BLOCK;
+        let per_row = self.cols / F::WEIGHTS;
         let mut out = vec![0f32; rows.len() * self.cols];
         for (row, out) in rows.iter().zip(out.chunks_exact_mut(self.cols)) {
             let (group, row) = (*row as usize / GROUP_ROWS, *row as usize % GROUP_ROWS);
-            let blocks = &self.groups[group * per_row..][..per_row];
-            for (block, out) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
-                unpacked::<B>(block, row).dequantize(B::HAS_MIN, out);
-            }
+            F::dequantize_row(&self.groups[group * per_row..][..per_row], row, out);
         }
         out
     }
@@ -323,23 +408,24 @@ impl<B: Block32> Product for GroupedMatrix<B> {
 mod tests {
     use candle_core::quantized::GgmlDType;
 
+    use super::super::k_quants::SUPER;
     use super::super::tests::{kernel_test_tokens, quantized_bytes};
-    use super::super::{Q4_0, Q4_1, Q5_0, Q8_0};
+    use super::super::{Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0};
     use super::*;
 
     /// The AVX-512 kernel and quantizer against the portable ones, to the bit: a group and a
     /// padded one, several tokens (a tile of each size), one of zeros and one of values halfway
     /// between integers once scaled; and each token alone (a decode step).
     #[cfg(target_arch = "x86_64")]
-    fn simd_matches_portable<B: Block32>(dtype: GgmlDType) {
+    fn simd_matches_portable<F: GroupedFormat>(dtype: GgmlDType, cols: usize) {
         let Some(cpu) = Avx512::detect() else {
             println!("SKIPPED: this CPU has no AVX-512 VNNI, so its kernel cannot be compared");
             return;
         };
         // 31 tokens: a tile of each size (16, 8, 4, 2, 1).
-        let (rows, cols, tokens) = (21, 19 * BLOCK, 31);
+        let (rows, tokens) = (21, 31);
         let (bytes, _) = quantized_bytes(dtype, rows, cols);
-        let m = GroupedMatrix::<B>::from_bytes(&bytes, rows, cols).unwrap();
+        let m = GroupedMatrix::<F>::from_bytes(&bytes, rows, cols).unwrap();
         let x = kernel_test_tokens(tokens, cols);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let portable = m.by_group(&x, tokens, Kernel::Portable);
@@ -355,11 +441,13 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_avx512_kernel_equals_the_portable_one_to_the_bit() {
-        simd_matches_portable::<Q4_0>(GgmlDType::Q4_0);
-        simd_matches_portable::<Q4_1>(GgmlDType::Q4_1);
-        simd_matches_portable::<Q5_0>(GgmlDType::Q5_0);
-        simd_matches_portable::<Q8_0>(GgmlDType::Q8_0);
+    fn the_avx512_kernels_equal_the_portable_ones_to_the_bit() {
+        simd_matches_portable::<Q4_0>(GgmlDType::Q4_0, 19 * BLOCK);
+        simd_matches_portable::<Q4_1>(GgmlDType::Q4_1, 19 * BLOCK);
+        simd_matches_portable::<Q5_0>(GgmlDType::Q5_0, 19 * BLOCK);
+        simd_matches_portable::<Q8_0>(GgmlDType::Q8_0, 19 * BLOCK);
+        simd_matches_portable::<Q4K>(GgmlDType::Q4K, 3 * SUPER);
+        simd_matches_portable::<Q6K>(GgmlDType::Q6K, 3 * SUPER);
     }
 
     /// Every row of a group reads back as packed, whatever its values.

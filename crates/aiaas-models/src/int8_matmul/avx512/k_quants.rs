@@ -1,282 +1,209 @@
-//! AVX-512 kernels for K-quant super-blocks (`k_quants`): each super-block's exact integer dot
-//! product with a token, then the format's float expression, added block after block, as
-//! `sequential_dot_row` computes them.
-//!
-//! Tokens go in tiles of up to 16. For each super-block the integer part takes, per token, four
-//! `vpmaddubsw` + `vpmaddwd` pairs (products of two, then times the sub-block scales), which
-//! cannot overflow: weights are at most 63 and activations at most 127 in magnitude. The 16
-//! tokens' lane sums are then reduced together, into one lane a token (`reduce_16`), so that the
-//! activations' scales, the Q4_K minimums and the Q6_K offset (from the activations' sums of
-//! each run of 16) apply to the whole tile in a few vector operations.
+//! AVX-512 kernel for K-quant super-blocks in groups of 16 rows (`k_quants::SuperGroup`): each
+//! super-block of a group is unpacked once, into 64 registers of four unsigned values a row,
+//! and meets every token of the product, a few at a time. Per run of 16 values, four broadcast
+//! `vpdpbusd` leave each row's exact integer sum in its lane, which one `vpmulld` scales by the
+//! run's sub-block scale; the activations' run sums meet the Q4_K minimums (or the Q6_K scales,
+//! for the offset of 32) in eight `vpdpwssd` of 16-bit pairs. Then `super_dot`'s float
+//! expression, one vector operation each, added into the token's 16 sums.
 
 use std::arch::x86_64::*;
 
 use bytemuck::{bytes_of, pod_read_unaligned};
+use half::f16;
 
-use super::super::k_quants::{Q8KActivations, Q4K, Q6K, RUN, SUPER};
-use super::super::quantize_tokens;
-use super::{in_token_order, prefetch_row, reduce_16, Tile, PREFETCH_ROWS_AHEAD};
+use super::super::k_quants::{Q8KActivations, SuperGroup, RUN, RUNS, SUPER};
+use super::super::row_groups::GROUP_ROWS;
+use super::Avx512;
 
-/// Runs of 16 activations whose sums are read as one pair.
-const RUN_PAIRS: usize = SUPER / RUN / 2;
+/// Registers of four values a row in a super-block.
+const QUADS: usize = SUPER / 4;
 
-/// A product's activations for the K-quant kernels.
-pub struct SuperBlockActivations {
-    tokens: usize,
-    /// Token after token, block after block.
-    blocks: Vec<Q8KActivations>,
-    /// Block after block, token after token: each token's scale.
-    scales: Vec<f32>,
-    /// Block after block, pair of runs after pair, token after token: the two runs' sums.
-    run_sums: Vec<[i16; 2]>,
+/// A group's super-block, unpacked.
+struct Unpacked {
+    /// Register k, lane r: row r's values 4k to 4k + 3, unsigned.
+    quads: [__m512i; QUADS],
+    /// Each run's sub-block scale, per row.
+    run_scales: [__m512i; RUNS],
+    /// What the activations' run sums meet, two runs to a lane in 16-bit halves: the Q4_K
+    /// minimums, or the Q6_K scales (whose products, times 32, come off the integer sum).
+    run_pairs: [__m512i; RUNS / 2],
+    scales: __m512,
+    mins: __m512,
 }
 
-impl SuperBlockActivations {
-    /// `x` (tokens of `cols` values) quantized as `Q8KActivations::quantize` does.
-    pub fn quantize(x: &[f32], cols: usize) -> Self {
-        let blocks: Vec<Q8KActivations> = quantize_tokens(x, cols);
-        let per_row = cols / SUPER;
-        let tokens = x.len() / cols;
-        let mut scales = vec![0f32; blocks.len()];
-        let mut run_sums = vec![[0i16; 2]; blocks.len() * RUN_PAIRS];
-        for (t, token) in blocks.chunks_exact(per_row).enumerate() {
-            for (i, block) in token.iter().enumerate() {
-                scales[i * tokens + t] = block.scale;
-                for (k, pair) in block.sums.chunks_exact(2).enumerate() {
-                    run_sums[(i * RUN_PAIRS + k) * tokens + t] = [pair[0], pair[1]];
-                }
+/// 16 half-precision values as floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn floats(halves: &[f16]) -> __m512 {
+    _mm512_cvtph_ps(pod_read_unaligned(bytemuck::cast_slice(
+        &halves[..GROUP_ROWS],
+    )))
+}
+
+/// Two 32-bit lanes' low 16 bits in one lane, the first low.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn pairs(first: __m512i, second: __m512i) -> __m512i {
+    let low = _mm512_and_si512(first, _mm512_set1_epi32(0xFFFF));
+    _mm512_or_si512(low, _mm512_slli_epi32::<16>(second))
+}
+
+impl<const HIGH: usize, const SUBS: usize, const MINS: usize> SuperGroup<HIGH, SUBS, MINS> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    fn unpack(&self) -> Unpacked {
+        let four_bits = _mm512_set1_epi8(0x0F);
+        let mut quads = [_mm512_setzero_si512(); QUADS];
+        for (k, quad) in quads.iter_mut().enumerate() {
+            let nibbles: __m512i = pod_read_unaligned(&self.nibbles[k % 32]);
+            let nibbles = if k < 32 {
+                nibbles
+            } else {
+                _mm512_srli_epi16::<4>(nibbles)
+            };
+            *quad = _mm512_and_si512(nibbles, four_bits);
+            if HIGH > 0 {
+                let high: __m512i = pod_read_unaligned(&self.high_bits[k % 16]);
+                let shift = _mm_cvtsi32_si128(2 * (k / 16) as i32);
+                let high = _mm512_and_si512(_mm512_srl_epi16(high, shift), _mm512_set1_epi8(3));
+                *quad = _mm512_or_si512(*quad, _mm512_slli_epi16::<4>(high));
             }
         }
-        Self {
-            tokens,
-            blocks,
-            scales,
-            run_sums,
+        let sub_scales: [__m512i; SUBS] = std::array::from_fn(|s| {
+            let bytes: __m128i = pod_read_unaligned(bytes_of(&self.sub_scales[s]));
+            if MINS > 0 {
+                _mm512_cvtepu8_epi32(bytes)
+            } else {
+                _mm512_cvtepi8_epi32(bytes)
+            }
+        });
+        let runs_a_sub_block = RUNS / SUBS;
+        let run_scales = std::array::from_fn(|j| sub_scales[j / runs_a_sub_block]);
+        let run_pairs = std::array::from_fn(|p| {
+            if MINS > 0 {
+                // Runs 2p and 2p + 1 are sub-block p: its minimum twice.
+                let bytes: __m128i = pod_read_unaligned(&self.sub_mins[p]);
+                let min = _mm512_cvtepu8_epi32(bytes);
+                pairs(min, min)
+            } else {
+                pairs(run_scales[2 * p], run_scales[2 * p + 1])
+            }
+        });
+        let mins = if MINS > 0 {
+            floats(&self.mins)
+        } else {
+            _mm512_setzero_ps()
+        };
+        Unpacked {
+            quads,
+            run_scales,
+            run_pairs,
+            scales: floats(&self.scales),
+            mins,
         }
     }
 }
 
-/// A super-block unpacked for the integer part: four vectors of 64 unsigned weights in
-/// activation order, each with its 32 pairs' sub-block scales (16 bits each), and the
-/// coefficient of each run of 16's activation sum, two runs to a 32-bit lane.
-struct Unpacked {
-    values: [__m512i; 4],
-    scales: [__m512i; 4],
-    run_coefficients: [i32; RUN_PAIRS],
+impl Avx512 {
+    /// Groups of super-blocks (`per_row` each) times every token into `out`: group after group,
+    /// token after token, 16 rows each.
+    pub fn super_groups<const HIGH: usize, const SUBS: usize, const MINS: usize>(
+        self,
+        groups: &[SuperGroup<HIGH, SUBS, MINS>],
+        per_row: usize,
+        activations: &[Q8KActivations],
+        out: &mut [f32],
+    ) {
+        // SAFETY: `self` exists only where `detect` found the features.
+        unsafe { super_groups(groups, per_row, activations, out) }
+    }
 }
 
-/// Two 16-bit coefficients in one 32-bit lane, the first low.
-fn coefficient_pair(first: i16, second: i16) -> i32 {
-    i32::from(first as u16) | i32::from(second) << 16
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) fn q4k(
-    weights: &[Q4K],
-    per_row: usize,
-    activations: &SuperBlockActivations,
-    out: &mut [f32],
-) {
-    // Run r: 32 bytes, value 64r + j in the low nibble of byte j and 64r + 32 + j in its high
-    // one: sub-block 2r in the low 256 bits, 2r + 1 in the high ones. Minimums multiply the
-    // activations' sums: sub-block j's is that of runs 2j and 2j + 1.
-    let unpack = |block: &Q4K| {
-        let mut values = [_mm512_setzero_si512(); 4];
-        let mut scales = [_mm512_setzero_si512(); 4];
-        let mut run_coefficients = [0; RUN_PAIRS];
-        for run in 0..4 {
-            let bytes: __m256i = pod_read_unaligned(&block.nibbles[32 * run..][..32]);
-            let high = _mm256_srli_epi16::<4>(bytes);
-            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bytes), high);
-            values[run] = _mm512_and_si512(both, _mm512_set1_epi8(0x0F));
-            let (low, high) = (block.sub_scales[2 * run], block.sub_scales[2 * run + 1]);
-            scales[run] = _mm512_inserti64x4::<1>(
-                _mm512_set1_epi16(i16::from(low)),
-                _mm256_set1_epi16(i16::from(high)),
-            );
-        }
-        for (pair, min) in run_coefficients.iter_mut().zip(block.sub_mins) {
-            *pair = coefficient_pair(i16::from(min), i16::from(min));
-        }
-        Unpacked {
-            values,
-            scales,
-            run_coefficients,
-        }
-    };
-    // `apply_scales`: the minimums' sum is the runs' part.
-    let apply = |block: &Q4K, sums: __m512i, mins: __m512i, scales: __m512| {
-        let scaled = _mm512_mul_ps(
-            _mm512_mul_ps(_mm512_set1_ps(block.scale), scales),
-            _mm512_cvtepi32_ps(sums),
-        );
-        let min = _mm512_mul_ps(
-            _mm512_mul_ps(_mm512_set1_ps(block.min), scales),
-            _mm512_cvtepi32_ps(mins),
-        );
-        _mm512_sub_ps(scaled, min)
-    };
-    rows_of_super_blocks(weights, per_row, activations, out, unpack, apply);
-}
+/// Tokens a tile: each unpacked register meets as many before the next is loaded.
+const TILE: usize = 4;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) fn q6k(
-    weights: &[Q6K],
+fn super_groups<const HIGH: usize, const SUBS: usize, const MINS: usize>(
+    groups: &[SuperGroup<HIGH, SUBS, MINS>],
     per_row: usize,
-    activations: &SuperBlockActivations,
+    activations: &[Q8KActivations],
     out: &mut [f32],
 ) {
-    // Vector v holds values 64v..64v + 64, sub-blocks 4v..4v + 4 (eight pairs each). In half h,
-    // low nibbles of `low` give values 128h + 0..64, high nibbles 128h + 64..128; the two top
-    // bits come from `high` (32 bytes) at shifts 0, 2, 4, 6 for each quarter. The offset of 32
-    // is taken off through the activations' sums: 32 times each sub-block's (one run's) scale.
-    let unpack = |block: &Q6K| {
-        let scale_bytes: __m128i = pod_read_unaligned(bytes_of(&block.sub_scales));
-        let pair_sub_block = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
-        let scale_bytes = _mm256_broadcastsi128_si256(scale_bytes);
-        let mut values = [_mm512_setzero_si512(); 4];
-        let mut scales = [_mm512_setzero_si512(); 4];
-        for half in 0..2 {
-            let low: __m512i = pod_read_unaligned(&block.low[64 * half..][..64]);
-            let high: __m256i = pod_read_unaligned(&block.high[32 * half..][..32]);
-            let high = _mm512_broadcast_i64x4(high);
-            for (k, (nibbles, shifts)) in [(low, (0, 2)), (_mm512_srli_epi16::<4>(low), (4, 6))]
-                .into_iter()
-                .enumerate()
-            {
-                let v = 2 * half + k;
-                let counts = _mm512_inserti64x4::<1>(
-                    _mm512_set1_epi16(shifts.0),
-                    _mm256_set1_epi16(shifts.1),
-                );
-                let top = _mm512_and_si512(_mm512_srlv_epi16(high, counts), _mm512_set1_epi8(3));
-                let nibbles = _mm512_and_si512(nibbles, _mm512_set1_epi8(0x0F));
-                values[v] = _mm512_or_si512(nibbles, _mm512_slli_epi16::<4>(top));
-                let index = _mm256_add_epi8(pair_sub_block, _mm256_set1_epi8(4 * v as i8));
-                scales[v] = _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(scale_bytes, index));
+    let tokens = activations.len() / per_row;
+    let groups = groups.chunks_exact(per_row);
+    for (group, out) in groups.zip(out.chunks_exact_mut(GROUP_ROWS * tokens)) {
+        out.fill(0.0);
+        for (b, block) in group.iter().enumerate() {
+            let weights = block.unpack();
+            let of_token = |t: usize| &activations[t * per_row + b];
+            let whole_tiles = tokens / TILE * TILE;
+            for first in (0..whole_tiles).step_by(TILE) {
+                let tile: [_; TILE] = std::array::from_fn(|i| of_token(first + i));
+                let out = &mut out[first * GROUP_ROWS..][..TILE * GROUP_ROWS];
+                tile_part::<MINS, TILE>(&weights, tile, out);
+            }
+            for t in whole_tiles..tokens {
+                let out = &mut out[t * GROUP_ROWS..][..GROUP_ROWS];
+                tile_part::<MINS, 1>(&weights, [of_token(t)], out);
             }
         }
-        let mut run_coefficients = [0; RUN_PAIRS];
-        for (pair, scales) in run_coefficients
-            .iter_mut()
-            .zip(block.sub_scales.chunks_exact(2))
-        {
-            *pair = coefficient_pair(32 * i16::from(scales[0]), 32 * i16::from(scales[1]));
-        }
-        Unpacked {
-            values,
-            scales,
-            run_coefficients,
-        }
-    };
-    // `apply_scales` of the sum less the offset's part.
-    let apply = |block: &Q6K, sums: __m512i, offsets: __m512i, scales: __m512| {
-        let sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, offsets));
-        _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(block.scale), scales), sums)
-    };
-    rows_of_super_blocks(weights, per_row, activations, out, unpack, apply);
+    }
 }
 
-/// Rows of super-blocks times every token, in tiles of 16 tokens (then 8, 4, 2, 1): `unpack`
-/// gives a block's integer part, `apply` its float expression for each token of a tile, from
-/// their integer sums, the sums of their runs times the runs' coefficients, and their scales.
+/// One super-block's share of `T` tokens' 16 rows, added into `out` (token after token).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn rows_of_super_blocks<B>(
-    weights: &[B],
-    per_row: usize,
-    activations: &SuperBlockActivations,
+fn tile_part<const MINS: usize, const T: usize>(
+    weights: &Unpacked,
+    tokens: [&Q8KActivations; T],
     out: &mut [f32],
-    unpack: impl Fn(&B) -> Unpacked,
-    apply: impl Fn(&B, __m512i, __m512i, __m512) -> __m512,
 ) {
-    in_tiles!(activations.tokens, |first, T| {
-        let tile = Tile {
-            weights,
-            per_row,
-            activations,
-            out: &mut *out,
-            first,
-        };
-        tile.run::<T>(&unpack, &apply)
-    });
-}
-
-impl<B> Tile<'_, B, SuperBlockActivations> {
-    /// Computes `T` tokens (at most 16) from `first` on (the caller makes sure there are as
-    /// many).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[inline]
-    fn run<const T: usize>(
-        self,
-        unpack: &impl Fn(&B) -> Unpacked,
-        apply: &impl Fn(&B, __m512i, __m512i, __m512) -> __m512,
-    ) {
-        let Self {
-            weights,
-            per_row,
-            activations,
-            out,
-            first,
-        } = self;
-        let tokens = activations.tokens;
-        let tile = (u32::MAX >> (32 - T)) as u16;
-        let rows = weights.chunks_exact(per_row);
-        for (r, (row, totals)) in rows.zip(out.chunks_exact_mut(tokens)).enumerate() {
-            prefetch_row(weights, per_row, r + PREFETCH_ROWS_AHEAD);
-            let mut row_totals = _mm512_setzero_ps();
-            for (i, block) in row.iter().enumerate() {
-                let w = unpack(block);
-                let mut lanes = [_mm512_setzero_si512(); 16];
-                for (t, lanes) in lanes[..T].iter_mut().enumerate() {
-                    let x = bytes_of(&activations.blocks[(first + t) * per_row + i].values);
-                    for (k, (values, scales)) in w.values.iter().zip(&w.scales).enumerate() {
-                        let x: __m512i = pod_read_unaligned(&x[64 * k..][..64]);
-                        let pairs = _mm512_maddubs_epi16(*values, x);
-                        *lanes = _mm512_add_epi32(*lanes, _mm512_madd_epi16(pairs, *scales));
-                    }
-                }
-                let sums = if T == 1 {
-                    _mm512_zextsi128_si512(_mm_cvtsi32_si128(_mm512_reduce_add_epi32(lanes[0])))
-                } else {
-                    // Integer sums: any order gives the same.
-                    let add = |a: __m512, b: __m512| {
-                        let sum = _mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b));
-                        _mm512_castsi512_ps(sum)
-                    };
-                    let sums = in_token_order(reduce_16(&bytemuck::cast(lanes), add));
-                    _mm512_castps_si512(sums)
-                };
-                let runs = if T == 1 {
-                    // One token: its 16 run sums times the 16 coefficients, in one register.
-                    let a = &activations.blocks[first * per_row + i];
-                    let sums: __m256i = pod_read_unaligned(bytes_of(&a.sums));
-                    let products = _mm256_madd_epi16(sums, bytemuck::cast(w.run_coefficients));
-                    let total = _mm512_reduce_add_epi32(_mm512_zextsi256_si512(products));
-                    _mm512_zextsi128_si512(_mm_cvtsi32_si128(total))
-                } else {
-                    let mut runs = _mm512_setzero_si512();
-                    for (k, coefficients) in w.run_coefficients.iter().enumerate() {
-                        let run_sums =
-                            &activations.run_sums[(i * RUN_PAIRS + k) * tokens + first..];
-                        // SAFETY: `T` tokens from `first` on exist.
-                        let run_sums =
-                            unsafe { _mm512_maskz_loadu_epi32(tile, run_sums.as_ptr().cast()) };
-                        let part = _mm512_madd_epi16(run_sums, _mm512_set1_epi32(*coefficients));
-                        runs = _mm512_add_epi32(runs, part);
-                    }
-                    runs
-                };
-                let scales = &activations.scales[i * tokens + first..];
-                // SAFETY: as above.
-                let scales = unsafe { _mm512_maskz_loadu_ps(tile, scales.as_ptr()) };
-                row_totals = _mm512_add_ps(row_totals, apply(block, sums, runs, scales));
+    let quads: [&[[u8; 4]; QUADS]; T] = tokens.map(|a| bytemuck::cast_ref(&a.values));
+    let mut sums = [_mm512_setzero_si512(); T];
+    for (j, run_scale) in weights.run_scales.iter().enumerate() {
+        let mut dots = [_mm512_setzero_si512(); T];
+        for k in RUN / 4 * j..RUN / 4 * (j + 1) {
+            for (dot, quads) in dots.iter_mut().zip(quads) {
+                let values = _mm512_set1_epi32(i32::from_le_bytes(quads[k]));
+                *dot = _mm512_dpbusd_epi32(*dot, weights.quads[k], values);
             }
-            let row_totals: [f32; 16] = bytemuck::cast(row_totals);
-            totals[first..][..T].copy_from_slice(&row_totals[..T]);
         }
+        for (sum, dot) in sums.iter_mut().zip(dots) {
+            *sum = _mm512_add_epi32(*sum, _mm512_mullo_epi32(dot, *run_scale));
+        }
+    }
+    for ((sum, a), out) in sums
+        .into_iter()
+        .zip(tokens)
+        .zip(out.chunks_exact_mut(GROUP_ROWS))
+    {
+        let run_sums: &[[u8; 4]; RUNS / 2] = bytemuck::cast_ref(&a.sums);
+        let mut paired = _mm512_setzero_si512();
+        for (pair, sums) in weights.run_pairs.iter().zip(run_sums) {
+            let sums = _mm512_set1_epi32(i32::from_le_bytes(*sums));
+            paired = _mm512_dpwssd_epi32(paired, *pair, sums);
+        }
+        let scale = _mm512_set1_ps(a.scale);
+        let part = if MINS > 0 {
+            let sum = _mm512_mul_ps(
+                _mm512_mul_ps(weights.scales, scale),
+                _mm512_cvtepi32_ps(sum),
+            );
+            let mins = _mm512_mul_ps(
+                _mm512_mul_ps(weights.mins, scale),
+                _mm512_cvtepi32_ps(paired),
+            );
+            _mm512_sub_ps(sum, mins)
+        } else {
+            // The offset of 32 a value (HIGH > 0: Q6_K) times the scaled run sums.
+            let sum = _mm512_sub_epi32(sum, _mm512_slli_epi32::<5>(paired));
+            _mm512_mul_ps(
+                _mm512_mul_ps(weights.scales, scale),
+                _mm512_cvtepi32_ps(sum),
+            )
+        };
+        let total: __m512 = pod_read_unaligned(bytemuck::cast_slice(out));
+        let total: [f32; GROUP_ROWS] = bytemuck::cast(_mm512_add_ps(total, part));
+        out.copy_from_slice(&total);
     }
 }
