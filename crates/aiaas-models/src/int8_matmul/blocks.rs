@@ -16,10 +16,10 @@ pub(super) const BLOCK: usize = 32;
 
 /// 32 activations quantized to 8 bits.
 pub struct Q8Activations {
-    pub(super) scale: f32,
+    scale: f32,
     /// The scale times the sum of the values.
-    pub(super) scaled_sum: f32,
-    pub(super) values: [i8; BLOCK],
+    scaled_sum: f32,
+    values: [i8; BLOCK],
 }
 
 impl ActivationBlock for Q8Activations {
@@ -54,31 +54,32 @@ impl ActivationBlock for Q8Activations {
 pub struct Q4_0 {
     scale: f32,
     /// Value j in the low nibble of byte j, value j + 16 in its high nibble.
-    pub(super) nibbles: [u8; BLOCK / 2],
+    nibbles: [u8; BLOCK / 2],
 }
 
 /// Q4_1: `scale · q + min` with q in 0..16.
 pub struct Q4_1 {
     scale: f32,
     min: f32,
-    pub(super) nibbles: [u8; BLOCK / 2],
+    nibbles: [u8; BLOCK / 2],
 }
 
 /// Q5_0: `scale · (q - 16)` with q in 0..32: four bits in the nibbles, the fifth in `high_bits`.
 pub struct Q5_0 {
     scale: f32,
     /// Bit j: the fifth bit of value j.
-    pub(super) high_bits: u32,
-    pub(super) nibbles: [u8; BLOCK / 2],
+    high_bits: u32,
+    nibbles: [u8; BLOCK / 2],
 }
 
 /// Q8_0: `scale · q` with q in -128..128.
 pub struct Q8_0 {
     scale: f32,
-    pub(super) values: [i8; BLOCK],
+    values: [i8; BLOCK],
 }
 
-fn half(bytes: &[u8]) -> f32 {
+/// A little-endian f16 as f32.
+pub(super) fn half(bytes: &[u8]) -> f32 {
     f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 
@@ -126,13 +127,13 @@ pub trait Block32: Sized + Send + Sync + 'static {
 }
 
 /// A block as the portable kernel reads it back from its group.
-pub(super) struct Unpacked {
+pub(super) struct PortableBlock {
     pub values: [i8; BLOCK],
     pub scale: f32,
     pub min: f32,
 }
 
-impl Unpacked {
+impl PortableBlock {
     /// As ggml's `dequantize_row`: `q · scale`, plus the minimum where there is one.
     pub fn dequantize(&self, has_min: bool, out: &mut [f32]) {
         for (out, q) in out.iter_mut().zip(self.values) {
@@ -150,7 +151,11 @@ impl Unpacked {
 /// the activations' scaled sum, likewise. An exact integer sum a block is what lets the SIMD
 /// kernel convert and scale once per 32 products instead of once per 4.
 #[inline(always)]
-pub(super) fn dot_row(weights: &[Unpacked], activations: &[Q8Activations], has_min: bool) -> f32 {
+pub(super) fn dot_row(
+    weights: &[PortableBlock],
+    activations: &[Q8Activations],
+    has_min: bool,
+) -> f32 {
     let mut total = 0f32;
     for (w, a) in weights.iter().zip(activations) {
         // Whole arrays, so that the compiler vectorizes the products and their sum.

@@ -7,6 +7,7 @@ use half::f16;
 
 #[cfg(target_arch = "x86_64")]
 use super::avx512::Avx512;
+use super::blocks::half;
 use super::row_groups::{GroupedFormat, GROUP_ROWS};
 use super::{quantize_tokens, ActivationBlock};
 use crate::fast_math;
@@ -60,15 +61,11 @@ impl ActivationBlock for Q8KActivations {
     }
 }
 
-fn half(bytes: &[u8]) -> f32 {
-    f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
-}
-
 /// Runs of 16 in a super-block: the finest sub-blocks (Q6_K's; a Q4_K sub-block is two).
 pub(super) const RUNS: usize = SUPER / RUN;
 
 /// A row's super-block as the portable kernel reads it back from its group.
-pub(super) struct SuperRow {
+pub struct SuperRow {
     /// The values in their unsigned form (the format's offset added).
     values: [u8; SUPER],
     /// Each run's sub-block scale and minimum (zeros for formats without).
@@ -79,7 +76,9 @@ pub(super) struct SuperRow {
 }
 
 /// What a K-quant format tells the shared arithmetic.
-pub(super) trait SuperFormat: Sized {
+pub trait SuperFormat: Sized {
+    // A format has minimums or an offset, not both: the SIMD kernel's run pairs hold one or
+    // the other.
     /// What the unsigned form adds to the values.
     const OFFSET: u8;
     /// Whether blocks subtract minimums (`scale · sᵢ · q - min · mᵢ`).
@@ -122,14 +121,15 @@ fn super_dot<F: SuperFormat>(w: &SuperRow, a: &Q8KActivations) -> f32 {
 /// the high one; Q6_K's `high_bits` register n's byte 4r + i: the top bits of row r's values
 /// 4k + i for k = n, n + 16, n + 32, n + 48, at bits 0-1, 2-3, 4-5 and 6-7.
 #[derive(Clone, Copy)]
-pub struct SuperGroup<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const MINS: usize> {
+pub struct SuperGroup<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const SUB_MINS: usize> {
     pub(super) nibbles: [[u8; 64]; 32],
     pub(super) high_bits: [[u8; 64]; HIGH_REGISTERS],
-    /// Sub-block s's scale (and minimum) of row r at [s][r].
+    /// Sub-block s's scale (and minimum) of row r at [s][r]. Q4_K's 6-bit scales fit the signed
+    /// bytes as they are.
     pub(super) sub_scales: [[i8; GROUP_ROWS]; SUB_BLOCKS],
-    pub(super) sub_mins: [[u8; GROUP_ROWS]; MINS],
+    pub(super) sub_mins: [[u8; GROUP_ROWS]; SUB_MINS],
     pub(super) scales: [f16; GROUP_ROWS],
-    /// Zeros for Q6_K (32 bytes in 3,360).
+    /// Zeros for Q6_K (32 of its 3,392 bytes).
     pub(super) mins: [f16; GROUP_ROWS],
 }
 
@@ -138,14 +138,16 @@ pub type Q4KGroup = SuperGroup<0, 8, 8>;
 /// Q6_K: 16 sub-blocks of 16 with signed 8-bit scales, six bits a value.
 pub type Q6KGroup = SuperGroup<16, 16, 0>;
 
-impl<const HIGH: usize, const SUBS: usize, const MINS: usize> SuperGroup<HIGH, SUBS, MINS> {
+impl<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const SUB_MINS: usize>
+    SuperGroup<HIGH_REGISTERS, SUB_BLOCKS, SUB_MINS>
+{
     /// 16 rows' blocks (rows past the matrix: `None`, zeros).
     fn pack(rows: &[Option<SuperRow>; GROUP_ROWS]) -> Self {
         let mut group = Self {
             nibbles: [[0; 64]; 32],
-            high_bits: [[0; 64]; HIGH],
-            sub_scales: [[0; GROUP_ROWS]; SUBS],
-            sub_mins: [[0; GROUP_ROWS]; MINS],
+            high_bits: [[0; 64]; HIGH_REGISTERS],
+            sub_scales: [[0; GROUP_ROWS]; SUB_BLOCKS],
+            sub_mins: [[0; GROUP_ROWS]; SUB_MINS],
             scales: [f16::ZERO; GROUP_ROWS],
             mins: [f16::ZERO; GROUP_ROWS],
         };
@@ -154,15 +156,15 @@ impl<const HIGH: usize, const SUBS: usize, const MINS: usize> SuperGroup<HIGH, S
             for (v, value) in row.values.iter().enumerate() {
                 let (quad, byte) = (v / 4, 4 * r + v % 4);
                 group.nibbles[quad % 32][byte] |= (value & 0x0F) << (4 * (quad / 32));
-                if HIGH > 0 {
+                if HIGH_REGISTERS > 0 {
                     group.high_bits[quad % 16][byte] |= (value >> 4) << (2 * (quad / 16));
                 }
             }
-            let runs_a_sub_block = RUNS / SUBS;
-            for s in 0..SUBS {
+            let runs_a_sub_block = RUNS / SUB_BLOCKS;
+            for s in 0..SUB_BLOCKS {
                 group.sub_scales[s][r] = row.run_scales[s * runs_a_sub_block] as i8;
             }
-            for s in 0..MINS {
+            for s in 0..SUB_MINS {
                 group.sub_mins[s][r] = row.run_mins[s * runs_a_sub_block] as u8;
             }
             group.scales[r] = f16::from_f32(row.scale);
@@ -176,27 +178,21 @@ impl<const HIGH: usize, const SUBS: usize, const MINS: usize> SuperGroup<HIGH, S
         let values = std::array::from_fn(|v| {
             let (quad, byte) = (v / 4, 4 * row + v % 4);
             let low = (self.nibbles[quad % 32][byte] >> (4 * (quad / 32))) & 0x0F;
-            let high = if HIGH > 0 {
+            let high = if HIGH_REGISTERS > 0 {
                 (self.high_bits[quad % 16][byte] >> (2 * (quad / 16))) & 3
             } else {
                 0
             };
             low | (high << 4)
         });
-        let runs_a_sub_block = RUNS / SUBS;
+        let runs_a_sub_block = RUNS / SUB_BLOCKS;
         SuperRow {
             values,
             run_scales: std::array::from_fn(|j| {
-                let scale = self.sub_scales[j / runs_a_sub_block][row];
-                // Q4_K's scales are unsigned 6-bit values, kept in the same bytes.
-                if MINS > 0 {
-                    i32::from(scale as u8)
-                } else {
-                    i32::from(scale)
-                }
+                i32::from(self.sub_scales[j / runs_a_sub_block][row])
             }),
             run_mins: std::array::from_fn(|j| {
-                if MINS > 0 {
+                if SUB_MINS > 0 {
                     i32::from(self.sub_mins[j / runs_a_sub_block][row])
                 } else {
                     0
@@ -390,7 +386,7 @@ macro_rules! grouped_k_quant {
                 activations: &Vec<Q8KActivations>,
                 out: &mut [f32],
             ) {
-                cpu.super_groups(groups, per_row, activations, out);
+                cpu.super_groups::<Self, _, _, _>(groups, per_row, activations, out);
             }
         }
     };

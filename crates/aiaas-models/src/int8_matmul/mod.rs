@@ -27,10 +27,11 @@ pub use row_groups::{GroupedFormat, GroupedMatrix};
 
 use crate::fast_math::vectorized;
 
-/// Below this many tokens each row is quick work (a decode step of a few sequences), and a
-/// product is cut into `TASKS_FOR_FEW_TOKENS` tasks instead: enough for the threads to share
-/// evenly, few enough that handing them out costs little (measured on one token: SmolLM2's
-/// 1536×576 product 16.5 → 18.9 GMAC/s, Qwen2.5's 4864×896 20.3 → 22.8).
+/// Below this many tokens each group of rows is quick work (a decode step of a few sequences),
+/// and a product is cut into `TASKS_FOR_FEW_TOKENS` tasks instead of one a group: enough for
+/// the threads to share evenly, few enough that handing them out costs little (measured with
+/// the earlier kernels, a row at a time, on one token: SmolLM2's 1536×576 product 16.5 → 18.9
+/// GMAC/s, Qwen2.5's 4864×896 20.3 → 22.8).
 const FEW_TOKENS: usize = 8;
 const TASKS_FOR_FEW_TOKENS: usize = 16;
 

@@ -1,19 +1,23 @@
-//! Matrices of 32-weight blocks (Q4_0, Q4_1, Q5_0, Q8_0) kept in groups of 16 rows: block b of
+//! Matrices kept in groups of 16 rows (`GroupedMatrix`, for every `GroupedFormat`): block b of
 //! 16 rows side by side, laid out so that one 512-bit register holds a run of four weights of
-//! every row (lane r: row r). The AVX-512 kernel (`avx512::row_groups`) then meets a token's
-//! four activations, broadcast, with all 16 rows in one `vpdpbusd`, and a block's eight of them
-//! leave each row's exact integer sum in its lane: one conversion, one scale product and one
-//! fused multiply-add per block, token and 16 rows (`blocks::dot_row`'s arithmetic). The
-//! weights stay in their unsigned form (the format's offset added), as compact as in the file.
+//! every row (lane r: row r), as compact as in the file. The AVX-512 kernels then meet a token's
+//! four activations, broadcast, with all 16 rows in one `vpdpbusd`.
 //!
-//! Results come out 16 rows at a time per token, which are then laid out token after token.
+//! This module holds the matrix, the layouts of 32-weight blocks (Q4_0, Q4_1, Q5_0, Q8_0:
+//! `NibbleGroup`, `ByteGroup`, unsigned form: the format's offset added) and their portable
+//! kernel; `avx512::row_groups` their SIMD kernel, where a block's eight `vpdpbusd` leave each
+//! row's exact integer sum in its lane, then one conversion, one scale product and one fused
+//! multiply-add per block, token and 16 rows (`blocks::dot_row`'s arithmetic). K-quants keep
+//! their own layout (`k_quants::SuperGroup`).
+//!
+//! Results come out 16 rows at a time per token, which are then copied token after token.
 
 use half::f16;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::avx512::{Avx512, TokenBlocks};
-use super::blocks::{dot_row, Block32, Q8Activations, Unpacked, BLOCK};
+use super::blocks::{dot_row, Block32, PortableBlock, Q8Activations, BLOCK};
 use super::{quantize_tokens, ActivationBlock, Product, FEW_TOKENS, TASKS_FOR_FEW_TOKENS};
 use crate::fast_math::vectorized;
 use crate::{ModelError, Result};
@@ -276,7 +280,7 @@ impl<B: Block32> GroupedFormat for B {
         activations: &[Q8Activations],
         out: &mut [f32],
     ) {
-        let weights: Vec<Unpacked> = blocks.iter().map(|g| unpacked::<B>(g, row)).collect();
+        let weights: Vec<PortableBlock> = blocks.iter().map(|g| unpacked::<B>(g, row)).collect();
         for (token, activations) in activations.chunks_exact(blocks.len()).enumerate() {
             out[token * GROUP_ROWS + row] = dot_row(&weights, activations, B::HAS_MIN);
         }
@@ -340,9 +344,9 @@ fn pack_group<B: Block32>(
 }
 
 /// Row `row` of a group's block as the portable kernel reads it.
-fn unpacked<B: Block32>(group: &B::Group, row: usize) -> Unpacked {
+fn unpacked<B: Block32>(group: &B::Group, row: usize) -> PortableBlock {
     let (values, scale, min) = group.row(row);
-    Unpacked {
+    PortableBlock {
         values: values.map(|v| v.wrapping_sub(B::UNSIGNED_OFFSET) as i8),
         scale,
         min,
@@ -397,6 +401,12 @@ impl<F: GroupedFormat> Product for GroupedMatrix<F> {
         let per_row = self.cols / F::WEIGHTS;
         let mut out = vec![0f32; rows.len() * self.cols];
         for (row, out) in rows.iter().zip(out.chunks_exact_mut(self.cols)) {
+            // Padded rows of the last group are not the matrix's.
+            assert!(
+                (*row as usize) < self.rows,
+                "row {row} of {} rows",
+                self.rows
+            );
             let (group, row) = (*row as usize / GROUP_ROWS, *row as usize % GROUP_ROWS);
             F::dequantize_row(&self.groups[group * per_row..][..per_row], row, out);
         }
@@ -413,17 +423,18 @@ mod tests {
     use super::super::{Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0};
     use super::*;
 
-    /// The AVX-512 kernel and quantizer against the portable ones, to the bit: a group and a
-    /// padded one, several tokens (a tile of each size), one of zeros and one of values halfway
-    /// between integers once scaled; and each token alone (a decode step).
+    /// The AVX-512 kernel and quantizer against the portable ones, to the bit: 17 groups and a
+    /// padded one (so that a product of one token gives tasks of two groups), several tokens (a
+    /// tile of each size), one of zeros and one of values halfway between integers once scaled;
+    /// and each token alone (a decode step).
     #[cfg(target_arch = "x86_64")]
     fn simd_matches_portable<F: GroupedFormat>(dtype: GgmlDType, cols: usize) {
         let Some(cpu) = Avx512::detect() else {
             println!("SKIPPED: this CPU has no AVX-512 VNNI, so its kernel cannot be compared");
             return;
         };
-        // 31 tokens: a tile of each size (16, 8, 4, 2, 1).
-        let (rows, tokens) = (21, 31);
+        // 31 tokens: a tile of each size (16, 8, 4, 2, 1; K-quants: 4 and 1).
+        let (rows, tokens) = (17 * GROUP_ROWS + 5, 31);
         let (bytes, _) = quantized_bytes(dtype, rows, cols);
         let m = GroupedMatrix::<F>::from_bytes(&bytes, rows, cols).unwrap();
         let x = kernel_test_tokens(tokens, cols);

@@ -9,35 +9,26 @@
 use std::arch::x86_64::*;
 
 use bytemuck::{bytes_of, pod_read_unaligned};
-use half::f16;
 
-use super::super::k_quants::{Q8KActivations, SuperGroup, RUN, RUNS, SUPER};
+use super::super::k_quants::{Q8KActivations, SuperFormat, SuperGroup, RUN, RUNS, SUPER};
 use super::super::row_groups::GROUP_ROWS;
-use super::Avx512;
+use super::{floats, Avx512};
 
 /// Registers of four values a row in a super-block.
 const QUADS: usize = SUPER / 4;
 
-/// A group's super-block, unpacked.
-struct Unpacked {
+/// A group's super-block in registers.
+struct SuperBlockRegisters {
     /// Register k, lane r: row r's values 4k to 4k + 3, unsigned.
     quads: [__m512i; QUADS],
     /// Each run's sub-block scale, per row.
     run_scales: [__m512i; RUNS],
     /// What the activations' run sums meet, two runs to a lane in 16-bit halves: the Q4_K
-    /// minimums, or the Q6_K scales (whose products, times 32, come off the integer sum).
+    /// minimums, or the Q6_K scales (whose products, times the offset, come off the integer
+    /// sum).
     run_pairs: [__m512i; RUNS / 2],
     scales: __m512,
     mins: __m512,
-}
-
-/// 16 half-precision values as floats.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-fn floats(halves: &[f16]) -> __m512 {
-    _mm512_cvtph_ps(pod_read_unaligned(bytemuck::cast_slice(
-        &halves[..GROUP_ROWS],
-    )))
 }
 
 /// Two 32-bit lanes' low 16 bits in one lane, the first low.
@@ -48,10 +39,12 @@ fn pairs(first: __m512i, second: __m512i) -> __m512i {
     _mm512_or_si512(low, _mm512_slli_epi32::<16>(second))
 }
 
-impl<const HIGH: usize, const SUBS: usize, const MINS: usize> SuperGroup<HIGH, SUBS, MINS> {
+impl<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const SUB_MINS: usize>
+    SuperGroup<HIGH_REGISTERS, SUB_BLOCKS, SUB_MINS>
+{
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    fn unpack(&self) -> Unpacked {
+    fn unpack(&self) -> SuperBlockRegisters {
         let four_bits = _mm512_set1_epi8(0x0F);
         let mut quads = [_mm512_setzero_si512(); QUADS];
         for (k, quad) in quads.iter_mut().enumerate() {
@@ -62,52 +55,43 @@ impl<const HIGH: usize, const SUBS: usize, const MINS: usize> SuperGroup<HIGH, S
                 _mm512_srli_epi16::<4>(nibbles)
             };
             *quad = _mm512_and_si512(nibbles, four_bits);
-            if HIGH > 0 {
+            if HIGH_REGISTERS > 0 {
                 let high: __m512i = pod_read_unaligned(&self.high_bits[k % 16]);
                 let shift = _mm_cvtsi32_si128(2 * (k / 16) as i32);
                 let high = _mm512_and_si512(_mm512_srl_epi16(high, shift), _mm512_set1_epi8(3));
                 *quad = _mm512_or_si512(*quad, _mm512_slli_epi16::<4>(high));
             }
         }
-        let sub_scales: [__m512i; SUBS] = std::array::from_fn(|s| {
-            let bytes: __m128i = pod_read_unaligned(bytes_of(&self.sub_scales[s]));
-            if MINS > 0 {
-                _mm512_cvtepu8_epi32(bytes)
-            } else {
-                _mm512_cvtepi8_epi32(bytes)
-            }
-        });
-        let runs_a_sub_block = RUNS / SUBS;
-        let run_scales = std::array::from_fn(|j| sub_scales[j / runs_a_sub_block]);
-        let run_pairs = std::array::from_fn(|p| {
-            if MINS > 0 {
+        let runs_a_sub_block = RUNS / SUB_BLOCKS;
+        let mut run_scales = [_mm512_setzero_si512(); RUNS];
+        for (j, scale) in run_scales.iter_mut().enumerate() {
+            let bytes = bytes_of(&self.sub_scales[j / runs_a_sub_block]);
+            *scale = _mm512_cvtepi8_epi32(pod_read_unaligned(bytes));
+        }
+        let mut run_pairs = [_mm512_setzero_si512(); RUNS / 2];
+        for (p, pair) in run_pairs.iter_mut().enumerate() {
+            *pair = if SUB_MINS > 0 {
                 // Runs 2p and 2p + 1 are sub-block p: its minimum twice.
-                let bytes: __m128i = pod_read_unaligned(&self.sub_mins[p]);
-                let min = _mm512_cvtepu8_epi32(bytes);
+                let min = _mm512_cvtepu8_epi32(pod_read_unaligned(&self.sub_mins[p]));
                 pairs(min, min)
             } else {
                 pairs(run_scales[2 * p], run_scales[2 * p + 1])
-            }
-        });
-        let mins = if MINS > 0 {
-            floats(&self.mins)
-        } else {
-            _mm512_setzero_ps()
-        };
-        Unpacked {
+            };
+        }
+        SuperBlockRegisters {
             quads,
             run_scales,
             run_pairs,
             scales: floats(&self.scales),
-            mins,
+            mins: floats(&self.mins),
         }
     }
 }
 
 impl Avx512 {
-    /// Groups of super-blocks (`per_row` each) times every token into `out`: group after group,
-    /// token after token, 16 rows each.
-    pub fn super_groups<const HIGH: usize, const SUBS: usize, const MINS: usize>(
+    /// Groups of super-blocks of format `F` (`per_row` each) times every token into `out`:
+    /// group after group, token after token, 16 rows each.
+    pub fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS: usize>(
         self,
         groups: &[SuperGroup<HIGH, SUBS, MINS>],
         per_row: usize,
@@ -115,7 +99,7 @@ impl Avx512 {
         out: &mut [f32],
     ) {
         // SAFETY: `self` exists only where `detect` found the features.
-        unsafe { super_groups(groups, per_row, activations, out) }
+        unsafe { super_groups::<F, HIGH, SUBS, MINS>(groups, per_row, activations, out) }
     }
 }
 
@@ -123,7 +107,7 @@ impl Avx512 {
 const TILE: usize = 4;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn super_groups<const HIGH: usize, const SUBS: usize, const MINS: usize>(
+fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS: usize>(
     groups: &[SuperGroup<HIGH, SUBS, MINS>],
     per_row: usize,
     activations: &[Q8KActivations],
@@ -135,30 +119,37 @@ fn super_groups<const HIGH: usize, const SUBS: usize, const MINS: usize>(
         out.fill(0.0);
         for (b, block) in group.iter().enumerate() {
             let weights = block.unpack();
-            let of_token = |t: usize| &activations[t * per_row + b];
             let whole_tiles = tokens / TILE * TILE;
             for first in (0..whole_tiles).step_by(TILE) {
-                let tile: [_; TILE] = std::array::from_fn(|i| of_token(first + i));
                 let out = &mut out[first * GROUP_ROWS..][..TILE * GROUP_ROWS];
-                tile_part::<MINS, TILE>(&weights, tile, out);
+                tile_part::<F, TILE>(&weights, activations, per_row, b, first, out);
             }
             for t in whole_tiles..tokens {
                 let out = &mut out[t * GROUP_ROWS..][..GROUP_ROWS];
-                tile_part::<MINS, 1>(&weights, [of_token(t)], out);
+                tile_part::<F, 1>(&weights, activations, per_row, b, t, out);
             }
         }
     }
 }
 
-/// One super-block's share of `T` tokens' 16 rows, added into `out` (token after token).
+/// Super-block `b`'s share of tokens `first..first + T`, 16 rows each, added into `out` (token
+/// after token).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn tile_part<const MINS: usize, const T: usize>(
-    weights: &Unpacked,
-    tokens: [&Q8KActivations; T],
+fn tile_part<F: SuperFormat, const T: usize>(
+    weights: &SuperBlockRegisters,
+    activations: &[Q8KActivations],
+    per_row: usize,
+    b: usize,
+    first: usize,
     out: &mut [f32],
 ) {
-    let quads: [&[[u8; 4]; QUADS]; T] = tokens.map(|a| bytemuck::cast_ref(&a.values));
+    let mut tokens = [&activations[0]; T];
+    let mut quads: [&[[u8; 4]; QUADS]; T] = [bytemuck::cast_ref(&activations[0].values); T];
+    for (t, (token, quads)) in tokens.iter_mut().zip(&mut quads).enumerate() {
+        *token = &activations[(first + t) * per_row + b];
+        *quads = bytemuck::cast_ref(&token.values);
+    }
     let mut sums = [_mm512_setzero_si512(); T];
     for (j, run_scale) in weights.run_scales.iter().enumerate() {
         let mut dots = [_mm512_setzero_si512(); T];
@@ -184,7 +175,7 @@ fn tile_part<const MINS: usize, const T: usize>(
             paired = _mm512_dpwssd_epi32(paired, *pair, sums);
         }
         let scale = _mm512_set1_ps(a.scale);
-        let part = if MINS > 0 {
+        let part = if F::HAS_MIN {
             let sum = _mm512_mul_ps(
                 _mm512_mul_ps(weights.scales, scale),
                 _mm512_cvtepi32_ps(sum),
@@ -195,8 +186,9 @@ fn tile_part<const MINS: usize, const T: usize>(
             );
             _mm512_sub_ps(sum, mins)
         } else {
-            // The offset of 32 a value (HIGH > 0: Q6_K) times the scaled run sums.
-            let sum = _mm512_sub_epi32(sum, _mm512_slli_epi32::<5>(paired));
+            // The offset times the scaled run sums comes off.
+            let offset = _mm512_set1_epi32(i32::from(F::OFFSET));
+            let sum = _mm512_sub_epi32(sum, _mm512_mullo_epi32(paired, offset));
             _mm512_mul_ps(
                 _mm512_mul_ps(weights.scales, scale),
                 _mm512_cvtepi32_ps(sum),

@@ -8,14 +8,18 @@
 //!
 //! The kernels are `#[target_feature]` functions, undefined behaviour on a CPU without those
 //! instructions: `Avx512` is a token that only `detect` creates, after checking, and its methods
-//! are the kernels' only callers. Those calls are the module's `unsafe`.
+//! are the kernels' only callers. Those calls, and the calls of `Unpack::unpack` (a trait method
+//! cannot be a safe `#[target_feature]` function), are the module's `unsafe`.
 //!
-//! No closure here goes to `Option::map` and its kin: closures carry the target features, and
-//! the std functions, compiled without them, cannot inline them (a call per block pair; measured
-//! 2× slower).
+//! No closure here goes to `Option::map`, `array::map` and their kin: closures carry the target
+//! features, and the std functions, compiled without them, cannot inline them (a call per block;
+//! measured 2× slower).
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
+
+use bytemuck::pod_read_unaligned;
+use half::f16;
 
 pub use row_groups::{TokenBlocks, Unpack};
 
@@ -71,6 +75,13 @@ impl Avx512 {
             && is_x86_feature_detected!("avx512vnni");
         found.then_some(Self(()))
     }
+}
+
+/// 16 half-precision values (the first 16 of `halves`) as floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn floats(halves: &[f16]) -> __m512 {
+    _mm512_cvtph_ps(pod_read_unaligned(bytemuck::cast_slice(&halves[..16])))
 }
 
 /// `fast_math::round` of each lane (halves away from zero), as integers.

@@ -7,17 +7,17 @@
 
 use std::arch::x86_64::*;
 
-use bytemuck::{bytes_of, pod_read_unaligned};
+use bytemuck::pod_read_unaligned;
 use half::f16;
 use rayon::prelude::*;
 
 use super::super::blocks::{Block32, BLOCK};
 use super::super::row_groups::{ByteGroup, NibbleGroup, GROUP_ROWS};
-use super::{round_halves_away, Avx512};
+use super::{floats, round_halves_away, Avx512};
 
-/// A group's block, unpacked: the unsigned weights (register k, lane r: row r's values 4k to
+/// A group's block in registers: the unsigned weights (register k, lane r: row r's values 4k to
 /// 4k + 3), the scales and the minimums (zeros for formats without).
-pub struct Unpacked {
+pub struct BlockRegisters {
     quads: [__m512i; 8],
     scales: __m512,
     mins: __m512,
@@ -27,20 +27,13 @@ pub struct Unpacked {
 pub trait Unpack {
     /// # Safety
     /// Only on a CPU with AVX-512 F, BW and VNNI.
-    unsafe fn unpack(&self) -> Unpacked;
-}
-
-/// 16 half-precision values as floats.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-fn floats(halves: &[f16; GROUP_ROWS]) -> __m512 {
-    _mm512_cvtph_ps(pod_read_unaligned(bytes_of(halves)))
+    unsafe fn unpack(&self) -> BlockRegisters;
 }
 
 impl<const FIFTH_WORDS: usize, const MINS: usize> Unpack for NibbleGroup<FIFTH_WORDS, MINS> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn unpack(&self) -> Unpacked {
+    unsafe fn unpack(&self) -> BlockRegisters {
         let four_bits = _mm512_set1_epi8(0x0F);
         let mut quads = [_mm512_setzero_si512(); 8];
         for (k, nibbles) in self.nibbles.iter().enumerate() {
@@ -52,11 +45,11 @@ impl<const FIFTH_WORDS: usize, const MINS: usize> Unpack for NibbleGroup<FIFTH_W
             *quad = _mm512_mask_add_epi8(*quad, *fifth_bits, *quad, _mm512_set1_epi8(16));
         }
         let mins = if MINS > 0 {
-            floats(&std::array::from_fn(|r| self.mins[r]))
+            floats(&self.mins)
         } else {
             _mm512_setzero_ps()
         };
-        Unpacked {
+        BlockRegisters {
             quads,
             scales: floats(&self.scales),
             mins,
@@ -67,9 +60,13 @@ impl<const FIFTH_WORDS: usize, const MINS: usize> Unpack for NibbleGroup<FIFTH_W
 impl Unpack for ByteGroup {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn unpack(&self) -> Unpacked {
-        Unpacked {
-            quads: self.values.map(|quad| pod_read_unaligned(&quad)),
+    unsafe fn unpack(&self) -> BlockRegisters {
+        let mut quads = [_mm512_setzero_si512(); 8];
+        for (quad, values) in quads.iter_mut().zip(&self.values) {
+            *quad = pod_read_unaligned(values);
+        }
+        BlockRegisters {
+            quads,
             scales: floats(&self.scales),
             mins: _mm512_setzero_ps(),
         }
