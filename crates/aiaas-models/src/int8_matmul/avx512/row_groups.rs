@@ -74,7 +74,8 @@ impl Unpack for ByteGroup {
 }
 
 /// A product's tokens quantized for the kernel, block by block as `Q8Activations::quantize`
-/// does, token after token (token t's block b at `t · blocks a token + b`).
+/// does, block after block and token after token (token t's block b at `b · tokens + t`): a
+/// tile's tokens of one block are one run, checked once rather than token by token.
 pub struct TokenBlocks {
     tokens: usize,
     /// Each block's values as signed bytes, four to a word: the broadcast operand.
@@ -94,6 +95,8 @@ impl TokenBlocks {
     /// unsigned form adds `offset`.
     pub fn quantize(cpu: Avx512, x: &[f32], cols: usize, offset: u8) -> Self {
         let blocks = x.len() / BLOCK;
+        let tokens = x.len() / cols;
+        let per_token = cols / BLOCK;
         let mut values = vec![[0i32; BLOCK / 4]; blocks];
         let mut scales = vec![0f32; blocks];
         let mut starts = vec![0i32; blocks];
@@ -105,17 +108,20 @@ impl TokenBlocks {
             .zip(scaled_sums.par_chunks_mut(BLOCKS_PER_TASK))
             .enumerate()
             .for_each(|(task, (((values, scales), starts), sums))| {
-                let x = &x[task * BLOCKS_PER_TASK * BLOCK..];
                 let blocks = values.iter_mut().zip(scales).zip(starts).zip(sums);
-                for (x, (((values, scale), start), scaled_sum)) in x.chunks_exact(BLOCK).zip(blocks)
-                {
+                for (i, (((values, scale), start), scaled_sum)) in blocks.enumerate() {
+                    let (b, t) = (
+                        (task * BLOCKS_PER_TASK + i) / tokens,
+                        (task * BLOCKS_PER_TASK + i) % tokens,
+                    );
+                    let x = &x[(t * per_token + b) * BLOCK..][..BLOCK];
                     let sum;
                     (*values, *scale, *scaled_sum, sum) = cpu.quantize_block(x);
                     *start = -i32::from(offset) * sum;
                 }
             });
         Self {
-            tokens: x.len() / cols,
+            tokens,
             values,
             scales,
             starts,
@@ -190,22 +196,24 @@ fn tile<B: Block32, const T: usize>(
     first: usize,
     out: &mut [f32],
 ) {
-    let per_row = group.len();
     let mut sums = [_mm512_setzero_ps(); T];
     for (b, block) in group.iter().enumerate() {
         // SAFETY: this function is compiled for the features `unpack` needs.
         let weights = unsafe { block.unpack() };
-        for (t, sum) in sums.iter_mut().enumerate() {
-            let i = (first + t) * per_row + b;
-            let mut integers = _mm512_set1_epi32(activations.starts[i]);
-            for (quad, values) in weights.quads.iter().zip(activations.values[i]) {
-                integers = _mm512_dpbusd_epi32(integers, *quad, _mm512_set1_epi32(values));
+        let run = b * activations.tokens + first..b * activations.tokens + first + T;
+        let tile = activations.values[run.clone()].iter();
+        let tile = tile.zip(&activations.starts[run.clone()]);
+        let tile = tile.zip(&activations.scales[run.clone()]);
+        let tile = tile.zip(&activations.scaled_sums[run]);
+        for (sum, (((values, start), scale), scaled_sum)) in sums.iter_mut().zip(tile) {
+            let mut integers = _mm512_set1_epi32(*start);
+            for (quad, values) in weights.quads.iter().zip(values) {
+                integers = _mm512_dpbusd_epi32(integers, *quad, _mm512_set1_epi32(*values));
             }
-            let scale = _mm512_mul_ps(weights.scales, _mm512_set1_ps(activations.scales[i]));
+            let scale = _mm512_mul_ps(weights.scales, _mm512_set1_ps(*scale));
             *sum = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(integers), *sum);
             if B::HAS_MIN {
-                let scaled_sum = _mm512_set1_ps(activations.scaled_sums[i]);
-                *sum = _mm512_fmadd_ps(weights.mins, scaled_sum, *sum);
+                *sum = _mm512_fmadd_ps(weights.mins, _mm512_set1_ps(*scaled_sum), *sum);
             }
         }
     }
