@@ -8,7 +8,7 @@ use half::f16;
 #[cfg(target_arch = "x86_64")]
 use super::avx512::Avx512;
 use super::blocks::half;
-use super::row_groups::{GroupedFormat, GROUP_ROWS};
+use super::row_groups::{nibble_slot, GroupedFormat, GROUP_ROWS};
 use super::{quantize_tokens, ActivationBlock};
 use crate::fast_math;
 
@@ -75,10 +75,9 @@ pub struct SuperRow {
     min: f32,
 }
 
-/// What a K-quant format tells the shared arithmetic.
+/// What a K-quant format tells the shared arithmetic. A format has minimums or an offset, not
+/// both: the SIMD kernel's run pairs hold one or the other.
 pub trait SuperFormat: Sized {
-    // A format has minimums or an offset, not both: the SIMD kernel's run pairs hold one or
-    // the other.
     /// What the unsigned form adds to the values.
     const OFFSET: u8;
     /// Whether blocks subtract minimums (`scale · sᵢ · q - min · mᵢ`).
@@ -155,7 +154,8 @@ impl<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const SUB_MINS: usize
             let Some(row) = row else { continue };
             for (v, value) in row.values.iter().enumerate() {
                 let (quad, byte) = (v / 4, 4 * r + v % 4);
-                group.nibbles[quad % 32][byte] |= (value & 0x0F) << (4 * (quad / 32));
+                let (register, shift) = nibble_slot(quad, 32);
+                group.nibbles[register][byte] |= (value & 0x0F) << shift;
                 if HIGH_REGISTERS > 0 {
                     group.high_bits[quad % 16][byte] |= (value >> 4) << (2 * (quad / 16));
                 }
@@ -177,7 +177,8 @@ impl<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const SUB_MINS: usize
     fn row(&self, row: usize) -> SuperRow {
         let values = std::array::from_fn(|v| {
             let (quad, byte) = (v / 4, 4 * row + v % 4);
-            let low = (self.nibbles[quad % 32][byte] >> (4 * (quad / 32))) & 0x0F;
+            let (register, shift) = nibble_slot(quad, 32);
+            let low = (self.nibbles[register][byte] >> shift) & 0x0F;
             let high = if HIGH_REGISTERS > 0 {
                 (self.high_bits[quad % 16][byte] >> (2 * (quad / 16))) & 3
             } else {

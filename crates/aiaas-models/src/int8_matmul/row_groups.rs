@@ -67,6 +67,12 @@ pub trait GroupedFormat: Sized + Send + Sync + 'static {
     );
 }
 
+/// Where run `quad` of four values sits among `registers` registers of nibbles, two runs a
+/// byte (runs `registers` apart share the bytes): its register and the shift of its four bits.
+pub(super) fn nibble_slot(quad: usize, registers: usize) -> (usize, usize) {
+    (quad % registers, 4 * (quad / registers))
+}
+
 /// Block b of 16 rows in a format's layout.
 pub trait RowGroup: Copy + Send + Sync {
     /// Each row's 32 values in the unsigned form, its scale and its minimum.
@@ -107,7 +113,8 @@ impl<const FIFTH_WORDS: usize, const MINS: usize> RowGroup for NibbleGroup<FIFTH
         for (r, values) in values.iter().enumerate() {
             for (j, value) in values.iter().enumerate() {
                 let (quad, byte) = (j / 4, 4 * r + j % 4);
-                group.nibbles[quad % 4][byte] |= (value & 0x0F) << (4 * (quad / 4));
+                let (register, shift) = nibble_slot(quad, 4);
+                group.nibbles[register][byte] |= (value & 0x0F) << shift;
                 if FIFTH_WORDS > 0 {
                     group.fifth_bits[quad] |= u64::from(value >> 4) << byte;
                 }
@@ -119,7 +126,8 @@ impl<const FIFTH_WORDS: usize, const MINS: usize> RowGroup for NibbleGroup<FIFTH
     fn row(&self, row: usize) -> ([u8; BLOCK], f32, f32) {
         let values = std::array::from_fn(|j| {
             let (quad, byte) = (j / 4, 4 * row + j % 4);
-            let nibble = (self.nibbles[quad % 4][byte] >> (4 * (quad / 4))) & 0x0F;
+            let (register, shift) = nibble_slot(quad, 4);
+            let nibble = (self.nibbles[register][byte] >> shift) & 0x0F;
             let fifth = if FIFTH_WORDS > 0 {
                 ((self.fifth_bits[quad] >> byte) & 1) as u8
             } else {

@@ -116,7 +116,6 @@ fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS
     let tokens = activations.len() / per_row;
     let groups = groups.chunks_exact(per_row);
     for (group, out) in groups.zip(out.chunks_exact_mut(GROUP_ROWS * tokens)) {
-        out.fill(0.0);
         for (b, block) in group.iter().enumerate() {
             let weights = block.unpack();
             let whole_tiles = tokens / TILE * TILE;
@@ -133,7 +132,8 @@ fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS
 }
 
 /// Super-block `b`'s share of tokens `first..first + T`, 16 rows each, added into `out` (token
-/// after token).
+/// after token); the first super-block's shares are added to zero, as the portable sum starts,
+/// so `out` need not be cleared.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 fn tile_part<F: SuperFormat, const T: usize>(
@@ -194,7 +194,11 @@ fn tile_part<F: SuperFormat, const T: usize>(
                 _mm512_cvtepi32_ps(sum),
             )
         };
-        let total: __m512 = pod_read_unaligned(bytemuck::cast_slice(out));
+        let total: __m512 = if b == 0 {
+            _mm512_setzero_ps()
+        } else {
+            pod_read_unaligned(bytemuck::cast_slice(out))
+        };
         let total: [f32; GROUP_ROWS] = bytemuck::cast(_mm512_add_ps(total, part));
         out.copy_from_slice(&total);
     }
