@@ -7,19 +7,19 @@ use half::f16;
 
 use crate::fast_math;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx512::Unpack;
 use super::row_groups::{ByteGroup, NibbleGroup, RowGroup, GROUP_ROWS};
 use super::ActivationBlock;
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
 
 pub(super) const BLOCK: usize = 32;
 
 /// 32 activations quantized to 8 bits.
 pub struct Q8Activations {
-    scale: f32,
+    pub(super) scale: f32,
     /// The scale times the sum of the values.
-    scaled_sum: f32,
-    values: [i8; BLOCK],
+    pub(super) scaled_sum: f32,
+    pub(super) values: [i8; BLOCK],
 }
 
 impl ActivationBlock for Q8Activations {
@@ -114,7 +114,7 @@ pub trait Block32: Sized + Send + Sync + 'static {
     const UNSIGNED_OFFSET: u8;
     /// How 16 rows' blocks are kept side by side (`row_groups`).
     #[cfg(target_arch = "x86_64")]
-    type Group: RowGroup + Unpack;
+    type Group: RowGroup + avx512::Unpack + avx2::Unpack;
     #[cfg(not(target_arch = "x86_64"))]
     type Group: RowGroup;
     fn read(bytes: &[u8]) -> Self;

@@ -5,10 +5,10 @@
 
 use half::f16;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx512::Avx512;
 use super::blocks::half;
 use super::row_groups::{nibble_slot, GroupedFormat, GROUP_ROWS};
+#[cfg(target_arch = "x86_64")]
+use super::simd::Simd;
 use super::{quantize_tokens, ActivationBlock};
 use crate::fast_math;
 
@@ -80,6 +80,8 @@ pub struct SuperRow {
 pub trait SuperFormat: Sized {
     /// What the unsigned form adds to the values.
     const OFFSET: u8;
+    /// Bits a value takes in the unsigned form.
+    const BITS: u32;
     /// Whether blocks subtract minimums (`scale · sᵢ · q - min · mᵢ`).
     const HAS_MIN: bool;
     fn read(bytes: &[u8]) -> Self;
@@ -235,6 +237,7 @@ impl Q4K {
 
 impl SuperFormat for Q4K {
     const OFFSET: u8 = 0;
+    const BITS: u32 = 4;
     const HAS_MIN: bool = true;
 
     fn read(bytes: &[u8]) -> Self {
@@ -283,6 +286,7 @@ pub struct Q6K {
 
 impl SuperFormat for Q6K {
     const OFFSET: u8 = 32;
+    const BITS: u32 = 6;
     const HAS_MIN: bool = false;
 
     fn read(bytes: &[u8]) -> Self {
@@ -372,16 +376,16 @@ macro_rules! grouped_k_quant {
             }
 
             #[cfg(target_arch = "x86_64")]
-            type Avx512Activations = Vec<Q8KActivations>;
+            type SimdActivations = Vec<Q8KActivations>;
 
             #[cfg(target_arch = "x86_64")]
-            fn avx512_activations(_: Avx512, x: &[f32], cols: usize) -> Vec<Q8KActivations> {
+            fn simd_activations(_: Simd, x: &[f32], cols: usize) -> Vec<Q8KActivations> {
                 quantize_tokens(x, cols)
             }
 
             #[cfg(target_arch = "x86_64")]
-            fn avx512_groups(
-                cpu: Avx512,
+            fn simd_groups(
+                cpu: Simd,
                 groups: &[$group],
                 per_row: usize,
                 activations: &Vec<Q8KActivations>,

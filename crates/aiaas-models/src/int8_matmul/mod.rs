@@ -13,11 +13,39 @@
 //! Formats: `blocks` (32 weights a block: Q4_0, Q4_1, Q5_0, Q8_0, against ggml's Q8_0/Q8_1
 //! activations) and `k_quants` (256-weight super-blocks: Q4_K, Q6_K, against Q8_K activations).
 
+/// Runs `$run` over `$tokens` tokens in tiles of the given sizes, largest first, then of 1:
+/// `$run` sees the tile's first token as `$first` and its size as the constant `$tile`
+/// (registers are sized by it).
+#[cfg(target_arch = "x86_64")]
+macro_rules! in_tiles {
+    ($tokens:expr, [$($size:literal),+], |$first:ident, $tile:ident| $run:expr) => {{
+        let tokens = $tokens;
+        let mut $first = 0;
+        'tiles: while $first < tokens {
+            $(
+                if tokens - $first >= $size {
+                    const $tile: usize = $size;
+                    $run;
+                    $first += $size;
+                    continue 'tiles;
+                }
+            )+
+            const $tile: usize = 1;
+            $run;
+            $first += 1;
+        }
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocks;
 mod k_quants;
 mod row_groups;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 use rayon::prelude::*;
 

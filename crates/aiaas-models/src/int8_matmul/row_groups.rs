@@ -15,9 +15,9 @@
 use half::f16;
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx512::{Avx512, TokenBlocks};
 use super::blocks::{dot_row, Block32, PortableBlock, Q8Activations, BLOCK};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Simd, TokenBlocks};
 use super::{quantize_tokens, ActivationBlock, Product, FEW_TOKENS, TASKS_FOR_FEW_TOKENS};
 use crate::fast_math::vectorized;
 use crate::{ModelError, Result};
@@ -49,20 +49,20 @@ pub trait GroupedFormat: Sized + Send + Sync + 'static {
     );
     /// Row `row` of a group's blocks as f32, as ggml's `dequantize_row` computes it.
     fn dequantize_row(blocks: &[Self::Group], row: usize, out: &mut [f32]);
-    /// A product's activations as the AVX-512 kernel reads them.
+    /// A product's activations as the SIMD kernels read them.
     #[cfg(target_arch = "x86_64")]
-    type Avx512Activations: Send + Sync;
-    /// `x` (tokens of `cols` values) quantized for the AVX-512 kernel.
+    type SimdActivations: Send + Sync;
+    /// `x` (tokens of `cols` values) quantized for `cpu`'s kernel.
     #[cfg(target_arch = "x86_64")]
-    fn avx512_activations(cpu: Avx512, x: &[f32], cols: usize) -> Self::Avx512Activations;
+    fn simd_activations(cpu: Simd, x: &[f32], cols: usize) -> Self::SimdActivations;
     /// Groups of `per_row` blocks times every token into `out` (group after group, token after
-    /// token, 16 rows each) with AVX-512 VNNI instructions.
+    /// token, 16 rows each) with `cpu`'s kernel.
     #[cfg(target_arch = "x86_64")]
-    fn avx512_groups(
-        cpu: Avx512,
+    fn simd_groups(
+        cpu: Simd,
         groups: &[Self::Group],
         per_row: usize,
-        activations: &Self::Avx512Activations,
+        activations: &Self::SimdActivations,
         out: &mut [f32],
     );
 }
@@ -231,10 +231,10 @@ impl<F: GroupedFormat> GroupedMatrix<F> {
         };
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(cpu) => {
-                let activations = F::avx512_activations(cpu, x, self.cols);
+            Kernel::Simd(cpu) => {
+                let activations = F::simd_activations(cpu, x, self.cols);
                 tasks.for_each(|(task, out)| {
-                    F::avx512_groups(cpu, weights_of(task, out), per_row, &activations, out)
+                    F::simd_groups(cpu, weights_of(task, out), per_row, &activations, out)
                 });
             }
             Kernel::Portable => {
@@ -301,16 +301,16 @@ impl<B: Block32> GroupedFormat for B {
     }
 
     #[cfg(target_arch = "x86_64")]
-    type Avx512Activations = TokenBlocks;
+    type SimdActivations = TokenBlocks;
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_activations(cpu: Avx512, x: &[f32], cols: usize) -> TokenBlocks {
-        TokenBlocks::quantize(cpu, x, cols, B::UNSIGNED_OFFSET)
+    fn simd_activations(cpu: Simd, x: &[f32], cols: usize) -> TokenBlocks {
+        TokenBlocks::quantize::<B>(cpu, x, cols)
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn avx512_groups(
-        cpu: Avx512,
+    fn simd_groups(
+        cpu: Simd,
         groups: &[B::Group],
         per_row: usize,
         activations: &TokenBlocks,
@@ -365,15 +365,15 @@ fn unpacked<B: Block32>(group: &B::Group, row: usize) -> PortableBlock {
 #[derive(Clone, Copy)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
-    Avx512(Avx512),
+    Simd(Simd),
     Portable,
 }
 
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if let Some(cpu) = Avx512::detect() {
-            return Self::Avx512(cpu);
+        if let Some(cpu) = Simd::detect() {
+            return Self::Simd(cpu);
         }
         Self::Portable
     }
@@ -431,16 +431,16 @@ mod tests {
     use super::super::{Q4K, Q4_0, Q4_1, Q5_0, Q6K, Q8_0};
     use super::*;
 
-    /// The AVX-512 kernel and quantizer against the portable ones, to the bit: 17 groups and a
-    /// padded one (so that a product of one token gives tasks of two groups), several tokens (a
-    /// tile of each size), one of zeros and one of values halfway between integers once scaled;
-    /// and each token alone (a decode step).
+    /// Each SIMD kernel and quantizer this CPU has against the portable ones, to the bit: 17
+    /// groups and a padded one (so that a product of one token gives tasks of two groups),
+    /// several tokens (a tile of each size), one of zeros and one of values halfway between
+    /// integers once scaled; and each token alone (a decode step).
     #[cfg(target_arch = "x86_64")]
     fn simd_matches_portable<F: GroupedFormat>(dtype: GgmlDType, cols: usize) {
-        let Some(cpu) = Avx512::detect() else {
-            println!("SKIPPED: this CPU has no AVX-512 VNNI, so its kernel cannot be compared");
-            return;
-        };
+        let kernels = Simd::every();
+        if kernels.is_empty() {
+            println!("SKIPPED: this CPU has neither AVX2 nor AVX-512 VNNI: no kernel to compare");
+        }
         // 31 tokens: a tile of each size (16, 8, 4, 2, 1; K-quants: 4 and 1).
         let (rows, tokens) = (17 * GROUP_ROWS + 5, 31);
         let (bytes, _) = quantized_bytes(dtype, rows, cols);
@@ -448,19 +448,26 @@ mod tests {
         let x = kernel_test_tokens(tokens, cols);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let portable = m.by_group(&x, tokens, Kernel::Portable);
-        let simd = m.by_group(&x, tokens, Kernel::Avx512(cpu));
-        assert_eq!(bits(&simd), bits(&portable), "{dtype:?}");
-        let portable = m.token_major(portable, tokens);
-        for (token, x) in x.chunks_exact(cols).enumerate() {
-            let single = m.token_major(m.by_group(x, 1, Kernel::Avx512(cpu)), 1);
-            let expected = &portable[token * rows..][..rows];
-            assert_eq!(bits(&single), bits(expected), "{dtype:?}, token {token}");
+        for cpu in kernels {
+            let name = cpu.name();
+            let simd = m.by_group(&x, tokens, Kernel::Simd(cpu));
+            assert_eq!(bits(&simd), bits(&portable), "{name}, {dtype:?}");
+            let portable = m.token_major(portable.clone(), tokens);
+            for (token, x) in x.chunks_exact(cols).enumerate() {
+                let single = m.token_major(m.by_group(x, 1, Kernel::Simd(cpu)), 1);
+                let expected = &portable[token * rows..][..rows];
+                assert_eq!(
+                    bits(&single),
+                    bits(expected),
+                    "{name}, {dtype:?}, token {token}"
+                );
+            }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_avx512_kernels_equal_the_portable_ones_to_the_bit() {
+    fn the_simd_kernels_equal_the_portable_ones_to_the_bit() {
         simd_matches_portable::<Q4_0>(GgmlDType::Q4_0, 19 * BLOCK);
         simd_matches_portable::<Q4_1>(GgmlDType::Q4_1, 19 * BLOCK);
         simd_matches_portable::<Q5_0>(GgmlDType::Q5_0, 19 * BLOCK);

@@ -12,7 +12,7 @@ use bytemuck::{bytes_of, pod_read_unaligned};
 
 use super::super::k_quants::{Q8KActivations, SuperFormat, SuperGroup, RUN, RUNS, SUPER};
 use super::super::row_groups::GROUP_ROWS;
-use super::{floats, Avx512};
+use super::floats;
 
 /// Registers of four values a row in a super-block.
 const QUADS: usize = SUPER / 4;
@@ -88,26 +88,11 @@ impl<const HIGH_REGISTERS: usize, const SUB_BLOCKS: usize, const SUB_MINS: usize
     }
 }
 
-impl Avx512 {
-    /// Groups of super-blocks of format `F` (`per_row` each) times every token into `out`:
-    /// group after group, token after token, 16 rows each.
-    pub fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS: usize>(
-        self,
-        groups: &[SuperGroup<HIGH, SUBS, MINS>],
-        per_row: usize,
-        activations: &[Q8KActivations],
-        out: &mut [f32],
-    ) {
-        // SAFETY: `self` exists only where `detect` found the features.
-        unsafe { super_groups::<F, HIGH, SUBS, MINS>(groups, per_row, activations, out) }
-    }
-}
-
 /// Tokens a tile: each unpacked register meets as many before the next is loaded.
 const TILE: usize = 4;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS: usize>(
+pub fn super_groups<F: SuperFormat, const HIGH: usize, const SUBS: usize, const MINS: usize>(
     groups: &[SuperGroup<HIGH, SUBS, MINS>],
     per_row: usize,
     activations: &[Q8KActivations],

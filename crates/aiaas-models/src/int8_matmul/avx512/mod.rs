@@ -7,9 +7,10 @@
 //! the batch.
 //!
 //! The kernels are `#[target_feature]` functions, undefined behaviour on a CPU without those
-//! instructions: `Avx512` is a token that only `detect` creates, after checking, and its methods
-//! are the kernels' only callers. Those calls, and the calls of `Unpack::unpack` (a trait method
-//! cannot be a safe `#[target_feature]` function), are the module's `unsafe`.
+//! instructions: `Avx512` is a token that only `detect` creates, after checking, and
+//! `simd::Simd`, which holds it, is the kernels' only caller. Those calls, and the calls of
+//! `Unpack::unpack` (a trait method cannot be a safe `#[target_feature]` function), are the
+//! `unsafe`.
 //!
 //! No closure here goes to `Option::map`, `array::map` and their kin: closures carry the target
 //! features, and the std functions, compiled without them, cannot inline them (a call per block;
@@ -21,45 +22,10 @@ use std::arch::x86_64::*;
 use bytemuck::pod_read_unaligned;
 use half::f16;
 
-pub use row_groups::{TokenBlocks, Unpack};
+pub use row_groups::Unpack;
 
-/// Runs `$run` over `$tokens` tokens in tiles of 16 (then 8, 4, 2, 1): `$run` sees the tile's
-/// first token as `$first` and its size as the constant `$size` (registers are sized by it).
-macro_rules! in_tiles {
-    ($tokens:expr, |$first:ident, $size:ident| $run:expr) => {{
-        let tokens = $tokens;
-        let mut $first = 0;
-        while $first < tokens {
-            $first += match tokens - $first {
-                16.. => {
-                    const $size: usize = 16;
-                    $run;
-                    $size
-                }
-                8.. => {
-                    const $size: usize = 8;
-                    $run;
-                    $size
-                }
-                4.. => {
-                    const $size: usize = 4;
-                    $run;
-                    $size
-                }
-                2.. => {
-                    const $size: usize = 2;
-                    $run;
-                    $size
-                }
-                _ => {
-                    const $size: usize = 1;
-                    $run;
-                    $size
-                }
-            };
-        }
-    }};
-}
+pub use k_quants::super_groups;
+pub use row_groups::{group_rows, quantize_block};
 
 mod k_quants;
 mod row_groups;

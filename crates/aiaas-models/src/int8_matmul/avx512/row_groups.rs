@@ -9,11 +9,11 @@ use std::arch::x86_64::*;
 
 use bytemuck::pod_read_unaligned;
 use half::f16;
-use rayon::prelude::*;
 
 use super::super::blocks::{Block32, BLOCK};
 use super::super::row_groups::{ByteGroup, NibbleGroup, GROUP_ROWS};
-use super::{floats, round_halves_away, Avx512};
+use super::super::simd::TokenBlocks;
+use super::{floats, round_halves_away};
 
 /// A group's block in registers: the unsigned weights (register k, lane r: row r's values 4k to
 /// 4k + 3), the scales and the minimums (zeros for formats without).
@@ -73,87 +73,10 @@ impl Unpack for ByteGroup {
     }
 }
 
-/// A product's tokens quantized for the kernel, block by block as `Q8Activations::quantize`
-/// does, block after block and token after token (token t's block b at `b · tokens + t`): a
-/// tile's tokens of one block are one run, checked once rather than token by token.
-pub struct TokenBlocks {
-    tokens: usize,
-    /// Each block's values as signed bytes, four to a word: the broadcast operand.
-    values: Vec<[i32; BLOCK / 4]>,
-    scales: Vec<f32>,
-    /// Minus the weights' offset times the sum of the block's values: where the integer sum of
-    /// the unsigned weights' products starts.
-    starts: Vec<i32>,
-    scaled_sums: Vec<f32>,
-}
-
-/// Blocks one task quantizes: enough to outweigh handing them to a thread.
-const BLOCKS_PER_TASK: usize = 256;
-
-impl TokenBlocks {
-    /// `x` (tokens of `cols` values) quantized, shared out among the threads, for weights whose
-    /// unsigned form adds `offset`.
-    pub fn quantize(cpu: Avx512, x: &[f32], cols: usize, offset: u8) -> Self {
-        let blocks = x.len() / BLOCK;
-        let tokens = x.len() / cols;
-        let per_token = cols / BLOCK;
-        let mut values = vec![[0i32; BLOCK / 4]; blocks];
-        let mut scales = vec![0f32; blocks];
-        let mut starts = vec![0i32; blocks];
-        let mut scaled_sums = vec![0f32; blocks];
-        values
-            .par_chunks_mut(BLOCKS_PER_TASK)
-            .zip(scales.par_chunks_mut(BLOCKS_PER_TASK))
-            .zip(starts.par_chunks_mut(BLOCKS_PER_TASK))
-            .zip(scaled_sums.par_chunks_mut(BLOCKS_PER_TASK))
-            .enumerate()
-            .for_each(|(task, (((values, scales), starts), sums))| {
-                let blocks = values.iter_mut().zip(scales).zip(starts).zip(sums);
-                for (i, (((values, scale), start), scaled_sum)) in blocks.enumerate() {
-                    let (b, t) = (
-                        (task * BLOCKS_PER_TASK + i) / tokens,
-                        (task * BLOCKS_PER_TASK + i) % tokens,
-                    );
-                    let x = &x[(t * per_token + b) * BLOCK..][..BLOCK];
-                    let sum;
-                    (*values, *scale, *scaled_sum, sum) = cpu.quantize_block(x);
-                    *start = -i32::from(offset) * sum;
-                }
-            });
-        Self {
-            tokens,
-            values,
-            scales,
-            starts,
-            scaled_sums,
-        }
-    }
-}
-
-impl Avx512 {
-    fn quantize_block(self, x: &[f32]) -> ([i32; BLOCK / 4], f32, f32, i32) {
-        // SAFETY: `self` exists only where `detect` found the features.
-        unsafe { quantize_block(x) }
-    }
-
-    /// Groups of weights (`per_row` blocks each) times every token into `out`: group after
-    /// group, token after token, 16 rows each.
-    pub fn group_rows<B: Block32>(
-        self,
-        groups: &[B::Group],
-        per_row: usize,
-        activations: &TokenBlocks,
-        out: &mut [f32],
-    ) {
-        // SAFETY: `self` exists only where `detect` found the features.
-        unsafe { group_rows::<B>(groups, per_row, activations, out) }
-    }
-}
-
 /// A block of 32 values quantized as `Q8Activations::quantize` does: the values four to a word,
 /// the scale, the scaled sum and the sum.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn quantize_block(x: &[f32]) -> ([i32; BLOCK / 4], f32, f32, i32) {
+pub fn quantize_block(x: &[f32]) -> ([i32; BLOCK / 4], f32, f32, i32) {
     let low: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[..16]));
     let high: __m512 = pod_read_unaligned(bytemuck::cast_slice(&x[16..BLOCK]));
     let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
@@ -169,7 +92,7 @@ fn quantize_block(x: &[f32]) -> ([i32; BLOCK / 4], f32, f32, i32) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn group_rows<B: Block32>(
+pub fn group_rows<B: Block32>(
     groups: &[B::Group],
     per_row: usize,
     activations: &TokenBlocks,
@@ -178,7 +101,7 @@ fn group_rows<B: Block32>(
     let tokens = activations.tokens;
     let groups = groups.chunks_exact(per_row);
     for (group, out) in groups.zip(out.chunks_exact_mut(GROUP_ROWS * tokens)) {
-        in_tiles!(tokens, |first, T| {
+        in_tiles!(tokens, [16, 8, 4, 2], |first, T| {
             let out = &mut out[first * GROUP_ROWS..][..T * GROUP_ROWS];
             tile::<B, T>(group, activations, first, out)
         });
