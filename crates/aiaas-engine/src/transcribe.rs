@@ -1,6 +1,7 @@
 //! Speech-to-text models: a loaded Whisper, fed one transcription at a time (each already uses
 //! every core), with a bounded number of requests waiting behind it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use aiaas_models::audio::{self, Audio};
@@ -26,6 +27,16 @@ pub struct TranscribeLimits {
 impl Default for TranscribeLimits {
     fn default() -> Self {
         Self { max_queued: 16 }
+    }
+}
+
+/// A flag set when this is dropped.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -93,11 +104,18 @@ impl LoadedTranscriber {
         self.metrics.queue_depth.inc();
         let running = self.running.clone().acquire_owned().await;
         self.metrics.queue_depth.dec();
-        let _running = running.map_err(|_| EngineError::Internal("the model closed".into()))?;
+        let running = running.map_err(|_| EngineError::Internal("the model closed".into()))?;
         let model = self.model.clone();
+        // Dropped with this future (its client went away): the work stops at its next window.
+        let cancel = CancelOnDrop::default();
+        let cancelled = cancel.0.clone();
         let work = tokio::task::spawn_blocking(move || {
+            // The work holds the running place until it ends, so that an abandoned
+            // transcription never runs beside the next one.
+            let _running = running;
             let audio = decode(job.file, job.extension.as_deref())?;
-            let transcript = model.transcribe(&audio.samples, &job.options)?;
+            let transcript = model.transcribe_unless(&audio.samples, &job.options, &cancelled)?;
+            let transcript = transcript.ok_or_else(|| EngineError::Internal("cancelled".into()))?;
             Ok(Transcription {
                 transcript,
                 audio_seconds: audio.duration(),

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aiaas_engine::fetch;
 use aiaas_models::audio;
@@ -345,4 +346,22 @@ fn silence_gives_an_empty_transcript() {
         let transcript = model.transcribe(&samples, &options).unwrap();
         assert_eq!(transcript.text(), "", "{what} was heard as text");
     }
+}
+
+/// A transcription whose flag is set gives up before its next window, with nothing: what the
+/// server's transcriptions do once their request is dropped (the client went away).
+#[test]
+fn a_cancelled_transcription_gives_up_before_its_next_window() {
+    let Some(folder) = common::model_file("whisper-tiny.en") else {
+        return;
+    };
+    let model = Whisper::load(&folder).unwrap();
+    let options = TranscribeOptions::default();
+    let samples = vec![0f32; 40 * SAMPLE_RATE];
+    let cancelled = AtomicBool::new(true);
+    let given_up = model.transcribe_unless(&samples, &options, &cancelled);
+    assert!(given_up.unwrap().is_none());
+    cancelled.store(false, Ordering::Relaxed);
+    let transcript = model.transcribe_unless(&samples, &options, &cancelled);
+    assert!(transcript.unwrap().is_some());
 }

@@ -76,7 +76,7 @@ pub struct SuperRow {
 }
 
 /// What a K-quant format tells the shared arithmetic. A format has minimums or an offset, not
-/// both: the SIMD kernel's run pairs hold one or the other.
+/// both: the SIMD kernels' run pairs hold one or the other.
 pub trait SuperFormat: Sized {
     /// What the unsigned form adds to the values.
     const OFFSET: u8;

@@ -2,9 +2,10 @@
 //! row is quantized to 8-bit blocks, each weight block meets its activation block in an integer
 //! dot product, then the scales apply. Each format defines its float arithmetic exactly
 //! (`GroupedFormat::portable_row`: ggml's reference order, block after block), and every kernel
-//! computes it to the bit: the AVX-512 VNNI kernels (`avx512`, chosen at run time when the CPU
-//! has them) and the portable one, compiled for the CPU's widest SIMD (`vectorized`). Matrices
-//! are kept in groups of 16 rows (`row_groups`), which are shared out among the threads.
+//! computes it to the bit: the AVX-512 VNNI kernels (`avx512`) or else the AVX2 ones (`avx2`),
+//! chosen at run time by what the CPU has (`simd::Simd`), and the portable one, compiled for the
+//! CPU's widest SIMD (`vectorized`). Matrices are kept in groups of 16 rows (`row_groups`), which
+//! are shared out among the threads.
 //!
 //! A row of the result is computed the same way whatever the number of rows: batching
 //! sequences together never changes any of them (candle picks different kernels by row count

@@ -1,12 +1,13 @@
 //! Matrices kept in groups of 16 rows (`GroupedMatrix`, for every `GroupedFormat`): block b of
 //! 16 rows side by side, laid out so that one 512-bit register holds a run of four weights of
 //! every row (lane r: row r), as compact as in the file. The AVX-512 kernels then meet a token's
-//! four activations, broadcast, with all 16 rows in one `vpdpbusd`.
+//! four activations, broadcast, with all 16 rows in one `vpdpbusd`; the AVX2 ones with eight
+//! rows (half a register) in one `vpmaddubsw`.
 //!
 //! This module holds the matrix, the layouts of 32-weight blocks (Q4_0, Q4_1, Q5_0, Q8_0:
 //! `NibbleGroup`, `ByteGroup`, unsigned form: the format's offset added) and their portable
-//! kernel; `avx512::row_groups` their SIMD kernel, where a block's eight `vpdpbusd` leave each
-//! row's exact integer sum in its lane, then one conversion, one scale product and one fused
+//! kernel; `avx512::row_groups` and `avx2::row_groups` their SIMD kernels, where a block's
+//! eight `vpdpbusd` (or `vpmaddubsw`, widened) leave each row's exact integer sum in its lane, then one conversion, one scale product and one fused
 //! multiply-add per block, token and 16 rows (`blocks::dot_row`'s arithmetic). K-quants keep
 //! their own layout (`k_quants::SuperGroup`).
 //!
@@ -39,7 +40,7 @@ pub trait GroupedFormat: Sized + Send + Sync + 'static {
     /// a row (rows past `rows`: zero weights, scales and minimums).
     fn pack(bytes: &[u8], rows: usize, per_row: usize, group: usize, block: usize) -> Self::Group;
     /// Row `row` of a group's blocks times each token's activation blocks (`blocks.len()` each),
-    /// into `out[token · 16 + row]`: the format's arithmetic, which the SIMD kernel computes to
+    /// into `out[token · 16 + row]`: the format's arithmetic, which the SIMD kernels compute to
     /// the bit.
     fn portable_row(
         blocks: &[Self::Group],
@@ -440,8 +441,10 @@ mod tests {
         let kernels = Simd::every();
         if kernels.is_empty() {
             println!("SKIPPED: this CPU has neither AVX2 nor AVX-512 VNNI: no kernel to compare");
+            return;
         }
-        // 31 tokens: a tile of each size (16, 8, 4, 2, 1; K-quants: 4 and 1).
+        // 31 tokens: a tile of each size (AVX-512: 16, 8, 4, 2, 1; AVX2: 4, 2, 1; K-quants: 4
+        // and 1).
         let (rows, tokens) = (17 * GROUP_ROWS + 5, 31);
         let (bytes, _) = quantized_bytes(dtype, rows, cols);
         let m = GroupedMatrix::<F>::from_bytes(&bytes, rows, cols).unwrap();

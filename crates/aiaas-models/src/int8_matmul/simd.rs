@@ -20,8 +20,8 @@ pub enum Simd {
     Avx2(Avx2),
 }
 
-/// Names the widest kernel the products may use (`avx2`, `portable`), to measure one against
-/// another or to step around one; unset or anything else: the widest the CPU has.
+/// Names the widest kernel the products may use (`avx512`, `avx2`, `portable`), to measure one
+/// against another or to step around one; unset: the widest the CPU has.
 const KERNEL_VARIABLE: &str = "AIAAS_INT8_KERNEL";
 
 impl Simd {
@@ -30,15 +30,22 @@ impl Simd {
         static CHOSEN: OnceLock<Option<Simd>> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
             let widest = std::env::var(KERNEL_VARIABLE).unwrap_or_default();
-            let avx512 = match widest.as_str() {
-                "avx2" | "portable" => None,
-                _ => Avx512::detect(),
+            let (avx512, avx2) = match widest.to_ascii_lowercase().as_str() {
+                "" | "avx512" => (Avx512::detect(), Avx2::detect()),
+                "avx2" => (None, Avx2::detect()),
+                "portable" => (None, None),
+                _ => {
+                    tracing::warn!(
+                        value = %widest,
+                        "{KERNEL_VARIABLE} is not one of avx512, avx2, portable: ignored"
+                    );
+                    (Avx512::detect(), Avx2::detect())
+                }
             };
-            let avx2 = match widest.as_str() {
-                "portable" => None,
-                _ => Avx2::detect(),
-            };
-            avx512.map(Self::Avx512).or(avx2.map(Self::Avx2))
+            let chosen = avx512.map(Self::Avx512).or(avx2.map(Self::Avx2));
+            let name = chosen.map_or("portable", Self::name);
+            tracing::info!(kernel = name, "quantized matrix products");
+            chosen
         })
     }
 
@@ -52,7 +59,6 @@ impl Simd {
             .collect()
     }
 
-    #[cfg(test)]
     pub fn name(self) -> &'static str {
         match self {
             Self::Avx512(_) => "AVX-512 VNNI",

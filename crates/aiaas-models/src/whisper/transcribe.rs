@@ -2,6 +2,8 @@
 //! are cut into 30 s windows; each is encoded, and the decoder writes its text with timestamp
 //! tokens that close segments; the next window starts where the last complete segment ended.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -117,6 +119,19 @@ impl Decoded {
 impl Whisper {
     /// The speech in `samples` (mono, 16 kHz, in [-1, 1]) as timed text.
     pub fn transcribe(&self, samples: &[f32], options: &TranscribeOptions) -> Result<Transcript> {
+        let never = AtomicBool::new(false);
+        let transcript = self.transcribe_unless(samples, options, &never)?;
+        Ok(transcript.expect("only a set flag gives up"))
+    }
+
+    /// `transcribe`, given up (`None`) before the next 30-second window once `cancelled` is
+    /// set: a request whose client went away stops costing the server within a window.
+    pub fn transcribe_unless(
+        &self,
+        samples: &[f32],
+        options: &TranscribeOptions,
+        cancelled: &AtomicBool,
+    ) -> Result<Option<Transcript>> {
         let mel = Mel::new(samples);
         // The last frame covers the padding only.
         let content_frames = mel.frames - 1;
@@ -132,6 +147,9 @@ impl Whisper {
         let mut segments = Vec::new();
         let mut seek = 0;
         while seek < content_frames {
+            if cancelled.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             let time_offset = (seek * HOP) as f64 / SAMPLE_RATE as f64;
             let window_frames = WINDOW_FRAMES.min(content_frames - seek);
             let encoded = self
@@ -186,11 +204,11 @@ impl Whisper {
                 prompt_reset_since = previous.len();
             }
         }
-        Ok(Transcript {
+        Ok(Some(Transcript {
             language: language.unwrap_or_else(|| "en".into()),
             duration,
             segments,
-        })
+        }))
     }
 
     /// `<|startoftranscript|>`, then for a multilingual model the language and the task.

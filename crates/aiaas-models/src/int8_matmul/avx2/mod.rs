@@ -18,10 +18,8 @@ use std::arch::x86_64::*;
 use bytemuck::pod_read_unaligned;
 use half::f16;
 
-pub use row_groups::Unpack;
-
 pub use k_quants::super_groups;
-pub use row_groups::{group_rows, quantize_block};
+pub use row_groups::{group_rows, quantize_block, Unpack};
 
 mod k_quants;
 mod row_groups;

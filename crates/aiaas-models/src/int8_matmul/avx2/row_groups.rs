@@ -55,6 +55,7 @@ fn unsigned_sums(
     start: i32,
     in_16_bits: usize,
 ) -> __m256i {
+    debug_assert_eq!(quads.len() % in_16_bits, 0);
     let mut integers = _mm256_set1_epi32(start);
     for (quads, values) in quads
         .chunks_exact(in_16_bits)
@@ -109,8 +110,8 @@ impl<const FIFTH_WORDS: usize, const MINS: usize> Unpack for NibbleGroup<FIFTH_W
         values: &[i32; BLOCK / 4],
         start: i32,
     ) -> __m256i {
-        // Products of two values below 16 (32 with fifth bits) and activations of magnitude
-        // 127 or less: eight (four) sums of pairs stay below 2¹⁵.
+        // Products of values below 16 (32 with fifth bits) and activations of magnitude 128 or
+        // less: eight (four) sums of pairs stay below 2¹⁵.
         let in_16_bits = if FIFTH_WORDS > 0 { 4 } else { 8 };
         unsigned_sums(&weights.quads, values, start, in_16_bits)
     }
@@ -161,7 +162,9 @@ impl Unpack for ByteGroup {
         start: i32,
     ) -> __m256i {
         // |w| · (x with w's sign) = w · x, and |w| ≤ 128 fits the unsigned operand: each pair
-        // of products stays within 2 · 128 · 127 < 2¹⁵.
+        // of products stays within 2 · 128 · 127 < 2¹⁵. (An activation of -128, whose sign
+        // `vpsignb` cannot turn, comes only from a block too small for its f16 scale, which is
+        // then zero: the product is zero whatever the integers.)
         let mut integers = _mm256_set1_epi32(start);
         for (quad, values) in weights.quads.iter().zip(values) {
             let signed = _mm256_sign_epi8(_mm256_set1_epi32(*values), *quad);
