@@ -29,7 +29,7 @@ pub use phonemize::LoadedPhonemizer;
 pub use registry::Engine;
 pub use repository::ModelRepository;
 pub use residency::{set_release_hook, LoadedModel, ModelState, ModelStatus, ResidencyPolicy};
-pub use transcribe::{LoadedTranscriber, TranscriptionJob};
+pub use transcribe::{CancelOnDrop, LoadedTranscriber, TranscriptionJob};
 
 /// Errors the engine reports; the API layer maps each to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -30,9 +30,16 @@ impl Default for TranscribeLimits {
     }
 }
 
-/// A flag set when this is dropped.
+/// A flag set when this is dropped: held by a request's handler, whose future is dropped when
+/// its client goes away, while the transcription runs in a task of its own (to be metered).
 #[derive(Default)]
-struct CancelOnDrop(Arc<AtomicBool>);
+pub struct CancelOnDrop(Arc<AtomicBool>);
+
+impl CancelOnDrop {
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -48,7 +55,8 @@ pub struct TranscriptionJob {
     pub options: TranscribeOptions,
 }
 
-/// The transcript and the audio's length, which is what the request is billed by.
+/// The transcript and the seconds of audio it covers, which is what the request is billed by
+/// (less than the audio's length only where the transcription was cancelled).
 pub struct Transcription {
     pub transcript: Transcript,
     pub audio_seconds: f64,
@@ -94,9 +102,14 @@ impl LoadedTranscriber {
         self.model.is_multilingual()
     }
 
-    /// Decodes the upload and transcribes it. Bad audio and options are `InvalidRequest`s
-    /// naming the field; a full queue is `Overloaded`.
-    pub async fn transcribe(&self, job: TranscriptionJob) -> Result<Transcription> {
+    /// Decodes the upload and transcribes it, until `cancelled` is set (see `CancelOnDrop`).
+    /// Bad audio and options are `InvalidRequest`s naming the field; a full queue is
+    /// `Overloaded`.
+    pub async fn transcribe(
+        &self,
+        job: TranscriptionJob,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Transcription> {
         let _in_use = self.in_use.enter();
         self.check(&job.options)?;
         let _place = (self.places.clone().try_acquire_owned())
@@ -106,19 +119,16 @@ impl LoadedTranscriber {
         self.metrics.queue_depth.dec();
         let running = running.map_err(|_| EngineError::Internal("the model closed".into()))?;
         let model = self.model.clone();
-        // Dropped with this future (its client went away): the work stops at its next window.
-        let cancel = CancelOnDrop::default();
-        let cancelled = cancel.0.clone();
         let work = tokio::task::spawn_blocking(move || {
-            // The work holds the running place until it ends, so that an abandoned
-            // transcription never runs beside the next one.
+            // The work holds the running place until it ends, so that one whose future was
+            // dropped never runs beside the next.
             let _running = running;
             let audio = decode(job.file, job.extension.as_deref())?;
-            let transcript = model.transcribe_unless(&audio.samples, &job.options, &cancelled)?;
-            let transcript = transcript.ok_or_else(|| EngineError::Internal("cancelled".into()))?;
+            let (transcript, covered) =
+                model.transcribe_until(&audio.samples, &job.options, &cancelled)?;
             Ok(Transcription {
                 transcript,
-                audio_seconds: audio.duration(),
+                audio_seconds: covered,
             })
         });
         let transcription: Result<Transcription> = (work.await)

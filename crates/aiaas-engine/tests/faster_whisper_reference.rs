@@ -348,10 +348,11 @@ fn silence_gives_an_empty_transcript() {
     }
 }
 
-/// A transcription whose flag is set gives up before its next window, with nothing: what the
-/// server's transcriptions do once their request is dropped (the client went away).
+/// A transcription whose flag is set stops before its next window, with the segments so far
+/// and the seconds its windows covered (what the request is billed by): what the server's
+/// transcriptions do once their request is dropped (the client went away).
 #[test]
-fn a_cancelled_transcription_gives_up_before_its_next_window() {
+fn a_cancelled_transcription_stops_before_its_next_window() {
     let Some(folder) = common::model_file("whisper-tiny.en") else {
         return;
     };
@@ -359,9 +360,9 @@ fn a_cancelled_transcription_gives_up_before_its_next_window() {
     let options = TranscribeOptions::default();
     let samples = vec![0f32; 40 * SAMPLE_RATE];
     let cancelled = AtomicBool::new(true);
-    let given_up = model.transcribe_unless(&samples, &options, &cancelled);
-    assert!(given_up.unwrap().is_none());
+    let (transcript, covered) = (model.transcribe_until(&samples, &options, &cancelled)).unwrap();
+    assert_eq!((transcript.segments.len(), covered), (0, 0.0));
     cancelled.store(false, Ordering::Relaxed);
-    let transcript = model.transcribe_unless(&samples, &options, &cancelled);
-    assert!(transcript.unwrap().is_some());
+    let (transcript, covered) = (model.transcribe_until(&samples, &options, &cancelled)).unwrap();
+    assert_eq!((transcript.duration, covered), (40.0, 40.0));
 }

@@ -120,18 +120,19 @@ impl Whisper {
     /// The speech in `samples` (mono, 16 kHz, in [-1, 1]) as timed text.
     pub fn transcribe(&self, samples: &[f32], options: &TranscribeOptions) -> Result<Transcript> {
         let never = AtomicBool::new(false);
-        let transcript = self.transcribe_unless(samples, options, &never)?;
-        Ok(transcript.expect("only a set flag gives up"))
+        let (transcript, _) = self.transcribe_until(samples, options, &never)?;
+        Ok(transcript)
     }
 
-    /// `transcribe`, given up (`None`) before the next 30-second window once `cancelled` is
-    /// set: a request whose client went away stops costing the server within a window.
-    pub fn transcribe_unless(
+    /// `transcribe`, cut short before the next 30-second window once `cancelled` is set (a
+    /// request whose client went away stops costing the server within a window): the segments
+    /// so far, and the seconds of audio the windows covered (all of it if not cut short).
+    pub fn transcribe_until(
         &self,
         samples: &[f32],
         options: &TranscribeOptions,
         cancelled: &AtomicBool,
-    ) -> Result<Option<Transcript>> {
+    ) -> Result<(Transcript, f64)> {
         let mel = Mel::new(samples);
         // The last frame covers the padding only.
         let content_frames = mel.frames - 1;
@@ -146,9 +147,11 @@ impl Whisper {
         let mut prompt_reset_since = 0;
         let mut segments = Vec::new();
         let mut seek = 0;
+        let mut covered = duration;
         while seek < content_frames {
             if cancelled.load(Ordering::Relaxed) {
-                return Ok(None);
+                covered = (seek * HOP) as f64 / SAMPLE_RATE as f64;
+                break;
             }
             let time_offset = (seek * HOP) as f64 / SAMPLE_RATE as f64;
             let window_frames = WINDOW_FRAMES.min(content_frames - seek);
@@ -204,11 +207,12 @@ impl Whisper {
                 prompt_reset_since = previous.len();
             }
         }
-        Ok(Some(Transcript {
+        let transcript = Transcript {
             language: language.unwrap_or_else(|| "en".into()),
             duration,
             segments,
-        }))
+        };
+        Ok((transcript, covered))
     }
 
     /// `<|startoftranscript|>`, then for a multilingual model the language and the task.

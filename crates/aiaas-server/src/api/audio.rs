@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aiaas_engine::transcribe::Transcription;
-use aiaas_engine::{EngineError, LoadedTranscriber, TranscriptionJob};
+use aiaas_engine::{CancelOnDrop, EngineError, LoadedTranscriber, TranscriptionJob};
 use aiaas_models::whisper::{Task, TranscribeOptions};
 use axum::extract::State;
 use axum::http::header;
@@ -152,7 +152,12 @@ pub(super) async fn transcribe_metered(
         audio_seconds: done.audio_seconds,
         ..Usage::default()
     };
-    let work = async move { transcriber.transcribe(job).await };
+    // The work runs in a task of its own (so that what it did is metered however the request
+    // ends); this handler's future is dropped when the client goes away, and with it `cancel`,
+    // which stops the work at its next window.
+    let cancel = CancelOnDrop::default();
+    let cancelled = cancel.flag();
+    let work = async move { transcriber.transcribe(job, cancelled).await };
     Ok(meter.run(reservation, work, usage).await?)
 }
 
