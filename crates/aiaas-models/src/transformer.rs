@@ -372,8 +372,8 @@ impl Decoder {
             let h = rows::rms_norm(&x, &layer.ffn_norm, eps);
             let mut gate = layer.gate.forward(&h, tokens)?;
             let activation = match self.config.architecture {
-                Architecture::Gemma3 => rows::gelu_f16_table,
-                Architecture::Llama | Architecture::Qwen2 => rows::silu,
+                Architecture::Gemma3 => rows::Activation::GeluF16,
+                Architecture::Llama | Architecture::Qwen2 => rows::Activation::Silu,
             };
             rows::gate(&mut gate, &layer.up.forward(&h, tokens)?, activation);
             let mut f = layer.down.forward(&gate, tokens)?;

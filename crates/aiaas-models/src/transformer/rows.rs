@@ -6,6 +6,8 @@
 //! libm's `exp` and `tanh`), so the outputs stay the ones that were checked against llama.cpp;
 //! they just skip the tensors' copies and run on every core.
 
+use std::sync::OnceLock;
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -77,8 +79,31 @@ pub fn round_f16(x: &mut [f32]) {
     }
 }
 
+/// The gated MLP's activation.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    /// SiLU, as candle computes it.
+    Silu,
+    /// GELU as ggml computes it (`GGML_GELU_FP16`): the input rounded to f16, the tanh
+    /// approximation's result rounded to f16 (ggml looks it up in a table of f16 results), and
+    /// the input passed through unchanged from 10 up (zero from -10 down). Matching it keeps
+    /// Gemma's greedy outputs equal to llama.cpp's.
+    GeluF16,
+}
+
 /// The gated MLP's activation: `gate = activation(gate) * up`, value by value.
-pub fn gate(gate: &mut [f32], up: &[f32], activation: fn(f32) -> f32) {
+pub fn gate(gate: &mut [f32], up: &[f32], activation: Activation) {
+    match activation {
+        Activation::Silu => gate_with(gate, up, silu),
+        Activation::GeluF16 => {
+            let table = gelu_table();
+            gate_with(gate, up, |x| gelu_f16(table, x));
+        }
+    }
+}
+
+/// `gate` with the activation inlined into the loop.
+fn gate_with(gate: &mut [f32], up: &[f32], activation: impl Fn(f32) -> f32 + Sync) {
     gate.par_chunks_mut(VALUES_PER_TASK)
         .zip(up.par_chunks(VALUES_PER_TASK))
         .for_each(|(gate, up)| {
@@ -89,25 +114,41 @@ pub fn gate(gate: &mut [f32], up: &[f32], activation: fn(f32) -> f32) {
 }
 
 /// SiLU, as candle computes it.
-pub fn silu(x: f32) -> f32 {
+fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU as ggml computes it (`GGML_GELU_FP16`): the input rounded to f16, the tanh
-/// approximation's result rounded to f16 (ggml looks it up in a table of f16 results), and the
-/// input passed through unchanged from 10 up (zero from -10 down). Matching it keeps Gemma's
-/// greedy outputs equal to llama.cpp's.
-pub fn gelu_f16_table(x: f32) -> f32 {
+/// GELU's tanh approximation, in f32 as ggml computes it.
+fn gelu_tanh(v: f32) -> f32 {
     const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)))
+}
+
+/// Inputs an f16 can hold, by their bits.
+const F16_VALUES: usize = 1 << 16;
+
+/// `Activation::GeluF16` of `x`, looked up in `gelu_table` by the bits of `x` rounded to f16
+/// (a lookup instead of a `tanh`: the activation was a quarter of Gemma's prefill).
+fn gelu_f16(table: &[f32; F16_VALUES], x: f32) -> f32 {
     if x >= 10.0 {
         return x;
     }
     if x <= -10.0 {
         return 0.0;
     }
-    let v = f16::from_f32(x).to_f32();
-    let gelu = 0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)));
-    f16::from_f32(gelu).to_f32()
+    table[usize::from(f16::from_f32(x).to_bits())]
+}
+
+/// Each f16 input's GELU rounded to f16, by the input's bits (ggml's `ggml_table_gelu_f16`),
+/// computed once.
+fn gelu_table() -> &'static [f32; F16_VALUES] {
+    static TABLE: OnceLock<Box<[f32; F16_VALUES]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let table: Vec<f32> = (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_f32())
+            .collect();
+        table.try_into().expect("one value for every 16 bits")
+    })
 }
 
 /// How a head's values pair up for the rotation: llama's GGUF weights are permuted for
@@ -220,9 +261,23 @@ mod tests {
 
     #[test]
     fn gelu_passes_large_inputs_and_zeroes_very_negative_ones() {
-        assert_eq!(gelu_f16_table(12.345), 12.345);
-        assert_eq!(gelu_f16_table(-10.0), 0.0);
-        assert!((gelu_f16_table(1.0) - 0.8413).abs() < 1e-3);
+        let table = gelu_table();
+        assert_eq!(gelu_f16(table, 12.345), 12.345);
+        assert_eq!(gelu_f16(table, -10.0), 0.0);
+        assert!((gelu_f16(table, 1.0) - 0.8413).abs() < 1e-3);
         assert_eq!(silu(0.0), 0.0);
+    }
+
+    /// The table gives what ggml's steps give: the input rounded to f16, the tanh
+    /// approximation, its result rounded to f16; for inputs across (-10, 10).
+    #[test]
+    fn gelu_looked_up_equals_gelu_computed() {
+        let table = gelu_table();
+        for i in -99_999..100_000 {
+            let x = i as f32 * 1e-4 + 0.123_456 * (i % 7) as f32 * 1e-5;
+            let v = f16::from_f32(x).to_f32();
+            let computed = f16::from_f32(gelu_tanh(v)).to_f32();
+            assert_eq!(gelu_f16(table, x).to_bits(), computed.to_bits(), "{x}");
+        }
     }
 }
