@@ -152,11 +152,11 @@ pub fn attend(batch: &[Queries<'_>], shape: &HeadShape, window: Option<usize>) -
 const BLOCK: usize = 16;
 
 /// One sequence's keys and values for one KV head over a span of positions, widened to f32:
-/// keys transposed (`[dimension][position]`, the positions padded with zeros to whole blocks),
+/// keys in blocks of 16 positions (the last padded with zeros), each block transposed
+/// (`[block][dimension][position]`: a block's keys are one contiguous run, read front to back),
 /// values position-major.
 struct WidenedHead {
     first: usize,
-    padded: usize,
     keys: Vec<f32>,
     values: Vec<f32>,
 }
@@ -172,14 +172,14 @@ impl WidenedHead {
         for (j, p) in span.clone().enumerate() {
             let at = p * row + kv_head * dim;
             widen(&cache.keys[at..][..dim], &mut converted);
+            let block = &mut keys[j / BLOCK * dim * BLOCK..][..dim * BLOCK];
             for (d, &k) in converted.iter().enumerate() {
-                keys[d * padded + j] = k;
+                block[d * BLOCK + j % BLOCK] = k;
             }
             widen(&cache.values[at..][..dim], &mut values[j * dim..][..dim]);
         }
         Self {
             first: span.start,
-            padded,
             keys,
             values,
         }
@@ -203,7 +203,8 @@ fn attend_one(
     let mut scores = vec![0f32; group * n];
     for (query, scores) in queries.chunks_exact(dim).zip(scores.chunks_exact_mut(n)) {
         for block in (offset / BLOCK * BLOCK..offset + n).step_by(BLOCK) {
-            let dots = block_dots(query, &head.keys, head.padded, block);
+            let keys = &head.keys[block / BLOCK * dim * BLOCK..][..dim * BLOCK];
+            let dots = block_dots(query, keys);
             // The block's positions that this row sees.
             let seen = block.max(offset)..(block + BLOCK).min(offset + n);
             for j in seen {
@@ -282,14 +283,14 @@ fn round_to_f16(x: f32) -> f32 {
     rounded.copysign(x)
 }
 
-/// The dot products of `query` with the `BLOCK` keys of a block (`keys`: `[dimension][position]`,
-/// `padded` positions a dimension), each computed as `dot` computes one: lane `i` sums
-/// `query[16c + i] · key[16c + i]` over `c` in order, then the lanes are added in order. Here
-/// a key's 16 lanes are spread over 16 vectors of the block's keys, so all of it vectorizes.
+/// The dot products of `query` with the `BLOCK` keys of a block (`keys`: `[dimension][position]`),
+/// each computed as `dot` computes one: lane `i` sums `query[16c + i] · key[16c + i]` over `c`
+/// in order, then the lanes are added in order. Here a key's 16 lanes are spread over 16
+/// vectors of the block's keys, so all of it vectorizes.
 #[inline(always)]
-fn block_dots(query: &[f32], keys: &[f32], padded: usize, block: usize) -> [f32; BLOCK] {
+fn block_dots(query: &[f32], keys: &[f32]) -> [f32; BLOCK] {
     let whole = query.len() / 16 * 16;
-    let key = |d: usize| -> &[f32] { &keys[d * padded + block..][..BLOCK] };
+    let key = |d: usize| -> &[f32] { &keys[d * BLOCK..][..BLOCK] };
     let mut lanes = [[0f32; BLOCK]; 16];
     for (c, query) in query[..whole].chunks_exact(16).enumerate() {
         for (i, (lane, &q)) in lanes.iter_mut().zip(query).enumerate() {
@@ -488,15 +489,14 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let padded = keys.len();
-            let mut transposed = vec![0f32; dim * padded];
-            for (k, key) in keys.iter().enumerate() {
-                for (d, &v) in key.iter().enumerate() {
-                    transposed[d * padded + k] = v;
-                }
-            }
             for block in [0, BLOCK] {
-                let dots = block_dots(&query, &transposed, padded, block);
+                let mut transposed = vec![0f32; dim * BLOCK];
+                for (k, key) in keys[block..][..BLOCK].iter().enumerate() {
+                    for (d, &v) in key.iter().enumerate() {
+                        transposed[d * BLOCK + k] = v;
+                    }
+                }
+                let dots = block_dots(&query, &transposed);
                 for (j, dot) in dots.iter().enumerate() {
                     let expected = lane_dot(&query, &keys[block + j]);
                     assert_eq!(
