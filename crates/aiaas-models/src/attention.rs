@@ -201,13 +201,14 @@ fn attend_one(
     let n = keys.len();
     let offset = keys.start - head.first;
     let mut scores = vec![0f32; group * n];
-    for (query, scores) in queries.chunks_exact(dim).zip(scores.chunks_exact_mut(n)) {
-        for block in (offset / BLOCK * BLOCK..offset + n).step_by(BLOCK) {
-            let keys = &head.keys[block / BLOCK * dim * BLOCK..][..dim * BLOCK];
+    // Block after block, each meeting every query head of the group while it is in the cache.
+    for block in (offset / BLOCK * BLOCK..offset + n).step_by(BLOCK) {
+        let keys = &head.keys[block / BLOCK * dim * BLOCK..][..dim * BLOCK];
+        // The block's positions that this row sees.
+        let seen = block.max(offset)..(block + BLOCK).min(offset + n);
+        for (query, scores) in queries.chunks_exact(dim).zip(scores.chunks_exact_mut(n)) {
             let dots = block_dots(query, keys);
-            // The block's positions that this row sees.
-            let seen = block.max(offset)..(block + BLOCK).min(offset + n);
-            for j in seen {
+            for j in seen.clone() {
                 scores[j - offset] = dots[j - block] * scale;
             }
         }
